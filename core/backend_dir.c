@@ -1,0 +1,1191 @@
+/*
+ * backend_dir.c — stores kept in a local directory, in Theater's layout.
+ *
+ *   ROOT/<id>/data/<hex>        blobs, mode 0444, never modified in place
+ *   ROOT/<id>/labels/<a>/<b>    label files: the hex digest, no newline
+ *   ROOT/<id>/.casfs/config     "algo=sha256" (absent .casfs/ = Theater, sha1)
+ *   ROOT/<id>/.casfs/staging/   files being written, each flock()ed by its
+ *                               writer so dead writers' debris can be told
+ *                               from live work
+ *   ROOT/<id>/.casfs/lock       flock()ed by label writers and gc
+ *   ROOT/<id>/.casfs/journal    JSON lines, rotated to journal.1
+ *   ROOT/<id>/.casfs/trash/     blobs gc is about to delete
+ *   ROOT/<id>/.casfs/quarantine/ what fsck --repair moved aside
+ *
+ * Every path is resolved from directory descriptors with O_NOFOLLOW, one
+ * component at a time, so a symlink planted in the root is never followed.
+ * Publishing is renameat2(RENAME_NOREPLACE) from staging (same filesystem),
+ * so data/ only ever holds complete blobs.
+ */
+#include "internal.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define META ".casfs"
+#define CONFIG_MAX 4096
+#define JOURNAL_MAX_DEFAULT (4u << 20)
+
+struct dir_root {
+	int fd;
+};
+
+struct dir_store {
+	int fd;          /* the store directory */
+	int meta_fd;     /* .casfs/, -1 until it exists */
+	int staging_fd;  /* .casfs/staging/ */
+	int data_fd;     /* data/, -1 until it exists */
+	int labels_fd;   /* labels/, -1 until it exists */
+	int journal_fd;  /* .casfs/journal, opened on first append */
+	pthread_mutex_t mu; /* guards lazy creation and the journal */
+};
+
+static struct dir_root *R(casfs_root *r) { return r->b; }
+static struct dir_store *S(casfs_store *s) { return s->b; }
+
+/* ----------------------------------------------------------------- helpers */
+
+static int xclose(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static int open_dir_at(int dirfd, const char *name)
+{
+	return openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* fsync unless the root is NOSYNC. */
+static int maybe_fsync(casfs_store *s, int fd)
+{
+	if (casfs__nosync(s))
+		return 0;
+	if (fsync(fd) < 0)
+		return casfs__errno(-errno, "fsync");
+	return 0;
+}
+
+/* Removes name (file or tree) under dirfd, never following symlinks. */
+static int rmtree_at(int dirfd, const char *name)
+{
+	if (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT)
+		return 0;
+	if (errno != EISDIR && errno != EPERM)
+		return -errno;
+	int fd = open_dir_at(dirfd, name);
+	if (fd < 0)
+		return -errno;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		int r = rmtree_at(fd, e->d_name);
+		if (r < 0 && rc == 0)
+			rc = r;
+	}
+	closedir(d);
+	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && rc == 0)
+		rc = -errno;
+	return rc;
+}
+
+/* Opens (creating if asked) the directory name under dirfd. */
+static int mkopen_dir_at(int dirfd, const char *name, bool create)
+{
+	int fd = open_dir_at(dirfd, name);
+	if (fd >= 0 || !create || errno != ENOENT)
+		return fd;
+	if (mkdirat(dirfd, name, 0777) < 0 && errno != EEXIST)
+		return -1;
+	return open_dir_at(dirfd, name);
+}
+
+static int write_small_file_at(int dirfd, const char *name, const char *text,
+			       mode_t mode, bool sync)
+{
+	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	if (fd < 0)
+		return -errno;
+	int rc = casfs__write_all(fd, text, strlen(text));
+	if (rc == 0 && sync && fsync(fd) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* Fills a fresh .casfs/ directory (config, staging/). */
+static int init_meta_dir(int fd, casfs_algo algo, bool sync)
+{
+	char cfg[128];
+	snprintf(cfg, sizeof(cfg), "# casfs store configuration\nformat=1\nalgo=%s\n",
+		 casfs_algo_name(algo));
+	int rc = write_small_file_at(fd, "config", cfg, 0644, sync);
+	if (rc < 0)
+		return rc;
+	if (mkdirat(fd, "staging", 0777) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Reads .casfs/config. */
+static int read_config(int meta_fd, casfs_algo *algo)
+{
+	int fd = openat(meta_fd, "config", O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return casfs__errno(-errno == -ENOENT ? -EIO : -errno,
+				    "store metadata .casfs/config is missing or unreadable");
+	char buf[CONFIG_MAX + 1];
+	ssize_t n = read(fd, buf, CONFIG_MAX);
+	close(fd);
+	if (n < 0)
+		return casfs__errno(-errno, "reading .casfs/config");
+	buf[n] = '\0';
+	*algo = CASFS_SHA256;
+	bool seen = false;
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		if (line[0] == '#')
+			continue;
+		if (strncmp(line, "algo=", 5) == 0) {
+			int rc = casfs_algo_parse(algo, line + 5);
+			if (rc < 0)
+				return casfs__err(-EIO, "store config names an unsupported algorithm '%.40s'",
+						  line + 5);
+			seen = true;
+		} else if (strncmp(line, "format=", 7) == 0 && strcmp(line + 7, "1") != 0) {
+			return casfs__err(-EIO, "store config has unknown format '%.20s'", line + 7);
+		}
+	}
+	if (!seen)
+		return casfs__err(-EIO, "store config does not name a hash algorithm");
+	return 0;
+}
+
+/* ------------------------------------------------------------------- roots */
+
+static int dir_root_open(casfs_root *r, const char *spec)
+{
+	struct dir_root *dr = calloc(1, sizeof(*dr));
+	if (!dr)
+		return casfs__err(-ENOMEM, "out of memory");
+	if (r->flags & CASFS_ROOT_CREATE) {
+		/* mkdir -p */
+		char *p = strdup(spec);
+		if (!p) {
+			free(dr);
+			return casfs__err(-ENOMEM, "out of memory");
+		}
+		for (char *q = p + 1; *q; q++) {
+			if (*q != '/')
+				continue;
+			*q = '\0';
+			if (mkdir(p, 0777) < 0 && errno != EEXIST) {
+				int e = -errno;
+				casfs__errno(e, "cannot create %s", p);
+				free(p);
+				free(dr);
+				return e;
+			}
+			*q = '/';
+		}
+		if (mkdir(p, 0777) < 0 && errno != EEXIST) {
+			int e = -errno;
+			casfs__errno(e, "cannot create root %s", p);
+			free(p);
+			free(dr);
+			return e;
+		}
+		free(p);
+	}
+	dr->fd = open(spec, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dr->fd < 0) {
+		int e = -errno;
+		free(dr);
+		return casfs__errno(e, "cannot open root %s", spec);
+	}
+	r->b = dr;
+	return 0;
+}
+
+static void dir_root_close(casfs_root *r)
+{
+	struct dir_root *dr = R(r);
+	if (!dr)
+		return;
+	close(dr->fd);
+	free(dr);
+}
+
+static int dir_store_create(casfs_root *r, const char *id, casfs_algo algo)
+{
+	int rootfd = R(r)->fd;
+	bool sync = !(r->flags & CASFS_ROOT_NOSYNC);
+	char tmp[64] = ".casfs-new.";
+	casfs__randhex(tmp + strlen(tmp), 16);
+	if (mkdirat(rootfd, tmp, 0777) < 0)
+		return casfs__errno(-errno, "cannot create store in root");
+	int rc = 0, fd = open_dir_at(rootfd, tmp), meta = -1;
+	if (fd < 0 || mkdirat(fd, "data", 0777) < 0 || mkdirat(fd, "labels", 0777) < 0 ||
+	    mkdirat(fd, META, 0777) < 0 || (meta = open_dir_at(fd, META)) < 0) {
+		rc = casfs__errno(-errno, "cannot create store");
+		goto fail;
+	}
+	if ((rc = init_meta_dir(meta, algo, sync)) < 0) {
+		casfs__errno(rc, "cannot create store configuration");
+		goto fail;
+	}
+	if (sync && (fsync(meta) < 0 || fsync(fd) < 0)) {
+		rc = casfs__errno(-errno, "fsync");
+		goto fail;
+	}
+	if (renameat2(rootfd, tmp, rootfd, id, RENAME_NOREPLACE) < 0) {
+		rc = -errno;
+		if (rc == -EEXIST || rc == -ENOTEMPTY)
+			rc = casfs__err(-EEXIST, "store '%s' already exists", id);
+		else
+			casfs__errno(rc, "cannot create store '%s'", id);
+		goto fail;
+	}
+	xclose(meta);
+	xclose(fd);
+	if (sync && fsync(rootfd) < 0)
+		return casfs__errno(-errno, "fsync root");
+	return 0;
+fail:
+	xclose(meta);
+	xclose(fd);
+	rmtree_at(rootfd, tmp);
+	return rc;
+}
+
+static int dir_store_remove(casfs_root *r, const char *id)
+{
+	int rootfd = R(r)->fd;
+	char tmp[64] = ".casfs-del.";
+	casfs__randhex(tmp + strlen(tmp), 16);
+	if (renameat(rootfd, id, rootfd, tmp) < 0)
+		return casfs__errno(-errno, "cannot remove store '%s'", id);
+	int rc = rmtree_at(rootfd, tmp);
+	if (rc < 0)
+		return casfs__errno(rc, "store '%s' removed, but its files not all deleted (%s)", id, tmp);
+	if (!(r->flags & CASFS_ROOT_NOSYNC))
+		fsync(rootfd);
+	return 0;
+}
+
+static int is_dir_entry(int dirfd, const struct dirent *e)
+{
+	if (e->d_type == DT_DIR)
+		return 1;
+	if (e->d_type != DT_UNKNOWN)
+		return 0;
+	struct stat st;
+	return fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_reg_entry(int dirfd, const struct dirent *e)
+{
+	if (e->d_type == DT_REG)
+		return 1;
+	if (e->d_type != DT_UNKNOWN)
+		return 0;
+	struct stat st;
+	return fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Opens a DIR stream on dirfd without consuming it. */
+static DIR *dir_stream(int dirfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	DIR *d = fdopendir(fd);
+	if (!d)
+		close(fd);
+	return d;
+}
+
+static int dir_store_list(casfs_root *r, casfs_name_fn fn, void *ud)
+{
+	int rootfd = R(r)->fd;
+	DIR *d = dir_stream(rootfd);
+	if (!d)
+		return casfs__errno(-errno, "cannot list root");
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.' || !is_dir_entry(rootfd, e))
+			continue;
+		if (casfs_id_check(e->d_name) < 0)
+			continue;
+		if ((rc = fn(e->d_name, ud)) != 0)
+			break;
+	}
+	closedir(d);
+	casfs_error_clear();
+	return rc;
+}
+
+/* ------------------------------------------------------------------ stores */
+
+static int dir_store_open(casfs_store *s)
+{
+	struct dir_store *ds = calloc(1, sizeof(*ds));
+	if (!ds)
+		return casfs__err(-ENOMEM, "out of memory");
+	ds->meta_fd = ds->staging_fd = ds->data_fd = ds->labels_fd = ds->journal_fd = -1;
+	pthread_mutex_init(&ds->mu, NULL);
+	s->b = ds;
+	ds->fd = open_dir_at(R(s->root)->fd, s->id);
+	if (ds->fd < 0) {
+		int e = -errno;
+		if (e == -ENOENT || e == -ENOTDIR || e == -ELOOP)
+			return casfs__err(-ENOENT, "no store '%s' in this root", s->id);
+		return casfs__errno(e, "cannot open store '%s'", s->id);
+	}
+	ds->meta_fd = open_dir_at(ds->fd, META);
+	if (ds->meta_fd >= 0) {
+		int rc = read_config(ds->meta_fd, &s->algo);
+		if (rc < 0)
+			return rc;
+		ds->staging_fd = mkopen_dir_at(ds->meta_fd, "staging", true);
+		/* A read-only store may lack staging/ and refuse its creation:
+		 * writes will then fail with the reason. */
+	} else if (errno == ENOENT) {
+		s->algo = CASFS_SHA1; /* Theater store */
+	} else {
+		return casfs__errno(-errno, "cannot open %s/%s", s->id, META);
+	}
+	ds->data_fd = open_dir_at(ds->fd, "data");
+	ds->labels_fd = open_dir_at(ds->fd, "labels");
+	return 0;
+}
+
+static void dir_store_close(casfs_store *s)
+{
+	struct dir_store *ds = S(s);
+	if (!ds)
+		return;
+	xclose(ds->fd);
+	xclose(ds->meta_fd);
+	xclose(ds->staging_fd);
+	xclose(ds->data_fd);
+	xclose(ds->labels_fd);
+	xclose(ds->journal_fd);
+	pthread_mutex_destroy(&ds->mu);
+	free(ds);
+}
+
+/* Makes sure .casfs/ and its staging/ exist: a Theater store gets them on
+ * its first write, created aside and renamed in whole. */
+static int ensure_meta(casfs_store *s)
+{
+	struct dir_store *ds = S(s);
+	int rc = 0;
+	if (__atomic_load_n(&ds->staging_fd, __ATOMIC_ACQUIRE) >= 0)
+		return 0;
+	pthread_mutex_lock(&ds->mu);
+	if (ds->staging_fd >= 0)
+		goto out;
+	if (ds->meta_fd < 0) {
+		bool sync = !casfs__nosync(s);
+		char tmp[64] = META ".new.";
+		casfs__randhex(tmp + strlen(tmp), 16);
+		if (mkdirat(ds->fd, tmp, 0777) < 0) {
+			rc = casfs__errno(-errno, "cannot create %s in store '%s'", META, s->id);
+			goto out;
+		}
+		int fd = open_dir_at(ds->fd, tmp);
+		rc = fd < 0 ? -errno : init_meta_dir(fd, s->algo, sync);
+		if (rc == 0 && sync)
+			fsync(fd);
+		xclose(fd);
+		if (rc == 0 && renameat2(ds->fd, tmp, ds->fd, META, RENAME_NOREPLACE) < 0 &&
+		    errno != EEXIST && errno != ENOTEMPTY)
+			rc = -errno;
+		rmtree_at(ds->fd, tmp); /* gone if renamed; ours if we lost a race */
+		if (rc < 0) {
+			casfs__errno(rc, "cannot create %s in store '%s'", META, s->id);
+			goto out;
+		}
+		if (sync)
+			fsync(ds->fd);
+		ds->meta_fd = open_dir_at(ds->fd, META);
+		if (ds->meta_fd < 0) {
+			rc = casfs__errno(-errno, "cannot open %s", META);
+			goto out;
+		}
+	}
+	int fd = mkopen_dir_at(ds->meta_fd, "staging", true);
+	if (fd < 0) {
+		rc = casfs__errno(-errno, "cannot open %s/staging in store '%s'", META, s->id);
+		goto out;
+	}
+	__atomic_store_n(&ds->staging_fd, fd, __ATOMIC_RELEASE);
+out:
+	pthread_mutex_unlock(&ds->mu);
+	return rc;
+}
+
+/* Returns the fd of data/ or labels/, creating the directory if asked.
+ * -ENOENT (no message) if it is missing and create is false. */
+static int area_fd(casfs_store *s, int *slot, const char *name, bool create)
+{
+	struct dir_store *ds = S(s);
+	int fd = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+	if (fd >= 0)
+		return fd;
+	pthread_mutex_lock(&ds->mu);
+	fd = *slot;
+	if (fd < 0) {
+		fd = mkopen_dir_at(ds->fd, name, create);
+		if (fd < 0) {
+			int e = -errno;
+			pthread_mutex_unlock(&ds->mu);
+			if (e == -ENOENT)
+				return e;
+			return casfs__errno(e, "cannot open %s/ of store '%s'", name, s->id);
+		}
+		if (create && !casfs__nosync(s))
+			fsync(ds->fd);
+		__atomic_store_n(slot, fd, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&ds->mu);
+	return fd;
+}
+
+static int data_fd(casfs_store *s, bool create)
+{
+	return area_fd(s, &S(s)->data_fd, "data", create);
+}
+
+static int labels_fd(casfs_store *s, bool create)
+{
+	return area_fd(s, &S(s)->labels_fd, "labels", create);
+}
+
+/* Opens (creating if asked) a subdirectory of .casfs/. */
+static int meta_subdir(casfs_store *s, const char *name)
+{
+	int rc = ensure_meta(s);
+	if (rc < 0)
+		return rc;
+	int fd = mkopen_dir_at(S(s)->meta_fd, name, true);
+	if (fd < 0)
+		return casfs__errno(-errno, "cannot open %s/%s", META, name);
+	return fd;
+}
+
+/* ----------------------------------------------------------------- staging */
+
+static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
+{
+	int rc = ensure_meta(s);
+	if (rc < 0)
+		return rc;
+	int sfd = S(s)->staging_fd;
+	for (int tries = 0; tries < 100; tries++) {
+		snprintf(st->name, sizeof(st->name), "s.%ld.", (long)getpid());
+		casfs__randhex(st->name + strlen(st->name), 16);
+		int fd = openat(sfd, st->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0 && errno == EEXIST)
+			continue;
+		if (fd < 0)
+			return casfs__errno(-errno, "cannot create staging file");
+		/* The lock marks the file as live.  A cleaner unlinks only
+		 * while holding it, so once we hold it a zero link count means
+		 * we lost a race with a cleaner: start again. */
+		struct stat sb;
+		if (flock(fd, LOCK_EX) < 0 || fstat(fd, &sb) < 0) {
+			int e = -errno;
+			close(fd);
+			return casfs__errno(e, "cannot lock staging file");
+		}
+		if (sb.st_nlink == 0) {
+			close(fd);
+			continue;
+		}
+		st->fd = fd;
+		return 0;
+	}
+	return casfs__err(-EIO, "cannot create a staging file");
+}
+
+static void dir_stage_discard(casfs_store *s, struct casfs_stage *st)
+{
+	if (st->fd < 0)
+		return;
+	unlinkat(S(s)->staging_fd, st->name, 0);
+	close(st->fd);
+	st->fd = -1;
+}
+
+static int dir_stage_clean(casfs_store *s, unsigned *removed)
+{
+	unsigned count = 0;
+	int sfd = S(s)->staging_fd;
+	if (removed)
+		*removed = 0;
+	if (sfd < 0)
+		return 0; /* nothing was ever staged */
+	int rc = 0;
+	DIR *d = dir_stream(sfd);
+	if (!d)
+		return casfs__errno(-errno, "cannot list staging");
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		int fd = openat(sfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno == ELOOP || errno == ENXIO) /* not ours: a symlink, a socket */
+				if (unlinkat(sfd, e->d_name, 0) == 0)
+					count++;
+			continue;
+		}
+		struct stat sb;
+		if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+			close(fd);
+			if (rmtree_at(sfd, e->d_name) == 0)
+				count++;
+			continue;
+		}
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+			if (unlinkat(sfd, e->d_name, 0) == 0)
+				count++;
+			else if (errno != ENOENT && rc == 0)
+				rc = casfs__errno(-errno, "cannot remove staging debris %s", e->d_name);
+		}
+		close(fd);
+	}
+	closedir(d);
+	if (removed)
+		*removed = count;
+	return rc;
+}
+
+static int dir_stage_sync(casfs_store *s, struct casfs_stage *const *st, size_t n)
+{
+	if (casfs__nosync(s) || n == 0)
+		return 0;
+	if (n >= 8) {
+		/* One journal commit for the whole batch. */
+		if (syncfs(st[0]->fd) < 0)
+			return casfs__errno(-errno, "syncfs");
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (fdatasync(st[i]->fd) < 0)
+			return casfs__errno(-errno, "fdatasync");
+	return 0;
+}
+
+/* ------------------------------------------------------------------- blobs */
+
+static int dir_blob_publish(casfs_store *s, struct casfs_stage *st, const char *hex)
+{
+	int dfd = data_fd(s, true);
+	if (dfd < 0)
+		return dfd == -ENOENT ? casfs__errno(dfd, "cannot create data/") : dfd;
+	int sfd = S(s)->staging_fd;
+	int rc = 0;
+	if (fchmod(st->fd, 0444) < 0) {
+		rc = casfs__errno(-errno, "chmod staging file");
+		goto out;
+	}
+	for (int tries = 0; tries < 100; tries++) {
+		if (renameat2(sfd, st->name, dfd, hex, RENAME_NOREPLACE) == 0) {
+			rc = 0;
+			goto out_published;
+		}
+		if (errno == EINVAL || errno == ENOSYS) {
+			/* No RENAME_NOREPLACE here: link() refuses to replace too. */
+			if (linkat(sfd, st->name, dfd, hex, 0) == 0) {
+				unlinkat(sfd, st->name, 0);
+				rc = 0;
+				goto out_published;
+			}
+		}
+		if (errno != EEXIST) {
+			rc = casfs__errno(-errno, "cannot publish blob %s", hex);
+			goto out;
+		}
+		/* Already stored: freshen it so a concurrent gc keeps it. */
+		if (utimensat(dfd, hex, NULL, AT_SYMLINK_NOFOLLOW) == 0) {
+			rc = 1;
+			goto out;
+		}
+		if (errno == EACCES || errno == EPERM) {
+			/* Another user's blob: replace it by our identical
+			 * copy, which is fresh. */
+			if (renameat(sfd, st->name, dfd, hex) == 0) {
+				rc = 1;
+				goto out_published;
+			}
+			rc = casfs__errno(-errno, "cannot publish blob %s", hex);
+			goto out;
+		}
+		if (errno != ENOENT) {
+			rc = casfs__errno(-errno, "cannot freshen blob %s", hex);
+			goto out;
+		}
+		/* gc removed it between our two calls: publish ours. */
+	}
+	rc = casfs__err(-EIO, "cannot publish blob %s: it keeps changing", hex);
+out:
+	dir_stage_discard(s, st);
+	return rc;
+out_published:
+	close(st->fd);
+	st->fd = -1;
+	return rc;
+}
+
+static int dir_publish_sync(casfs_store *s)
+{
+	int dfd = data_fd(s, false);
+	if (dfd < 0)
+		return 0;
+	return maybe_fsync(s, dfd);
+}
+
+static int dir_blob_stat(casfs_store *s, const char *hex, uint64_t *size, int64_t *mtime_ns)
+{
+	int dfd = data_fd(s, false);
+	if (dfd < 0)
+		return dfd;
+	struct stat sb;
+	if (fstatat(dfd, hex, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? -ENOENT : casfs__errno(-errno, "cannot stat blob %s", hex);
+	if (!S_ISREG(sb.st_mode))
+		return casfs__err(-EIO, "data/%s is not a regular file", hex);
+	if (size)
+		*size = (uint64_t)sb.st_size;
+	if (mtime_ns)
+		*mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+	return 0;
+}
+
+static int dir_blob_open(casfs_store *s, const char *hex, int *out)
+{
+	int dfd = data_fd(s, false);
+	if (dfd < 0)
+		return dfd == -ENOENT ? casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id) : dfd;
+	int fd = openat(dfd, hex, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
+		if (errno == ELOOP)
+			return casfs__err(-EIO, "data/%s is a symlink, not a blob", hex);
+		return casfs__errno(-errno, "cannot open blob %s", hex);
+	}
+	struct stat sb;
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+		close(fd);
+		return casfs__err(-EIO, "data/%s is not a regular file", hex);
+	}
+	/* Back to blocking reads. */
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	*out = fd;
+	return 0;
+}
+
+static int list_dir_names(int dirfd, casfs_name_fn fn, void *ud, const char *what)
+{
+	DIR *d = dir_stream(dirfd);
+	if (!d)
+		return casfs__errno(-errno, "cannot list %s", what);
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if ((rc = fn(e->d_name, ud)) != 0)
+			break;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int dir_blob_list(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	int dfd = data_fd(s, false);
+	if (dfd == -ENOENT)
+		return 0;
+	if (dfd < 0)
+		return dfd;
+	return list_dir_names(dfd, fn, ud, "data/");
+}
+
+static int dir_blob_delete(casfs_store *s, const char *hex, int64_t cutoff_ns, uint64_t *size)
+{
+	int64_t mtime;
+	int rc = dir_blob_stat(s, hex, size, &mtime);
+	if (rc < 0)
+		return rc;
+	if (mtime >= cutoff_ns)
+		return -EAGAIN;
+	int tfd = meta_subdir(s, "trash");
+	if (tfd < 0)
+		return tfd;
+	int dfd = data_fd(s, false);
+	char tmp[CASFS_HEX_MAX + 32];
+	snprintf(tmp, sizeof(tmp), "%s.", hex);
+	casfs__randhex(tmp + strlen(tmp), 12);
+	if (renameat(dfd, hex, tfd, tmp) < 0) {
+		rc = errno == ENOENT ? -ENOENT : casfs__errno(-errno, "cannot remove blob %s", hex);
+		close(tfd);
+		return rc;
+	}
+	/* A writer may have freshened it between our stat and the rename: it
+	 * then still wants it.  (One freshening after the rename fails with
+	 * ENOENT and makes that writer publish its own copy.) */
+	struct stat sb;
+	if (fstatat(tfd, tmp, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec >= cutoff_ns) {
+		if (renameat2(tfd, tmp, dfd, hex, RENAME_NOREPLACE) < 0)
+			unlinkat(tfd, tmp, 0);
+		close(tfd);
+		return -EAGAIN;
+	}
+	if (unlinkat(tfd, tmp, 0) < 0)
+		rc = casfs__errno(-errno, "cannot delete blob %s", hex);
+	close(tfd);
+	return rc;
+}
+
+static int quarantine_from(casfs_store *s, int fromfd, const char *from, const char *prefix,
+			   const char *name)
+{
+	int qfd = meta_subdir(s, "quarantine");
+	if (qfd < 0)
+		return qfd;
+	char tmp[512];
+	int n = snprintf(tmp, sizeof(tmp), "%s%.200s.%lld.", prefix, name,
+			 (long long)(casfs__now_ns() / 1000000000LL));
+	for (char *p = tmp; *p; p++)
+		if (*p == '/')
+			*p = '!';
+	casfs__randhex(tmp + n, 6);
+	int rc = 0;
+	if (renameat(fromfd, from, qfd, tmp) < 0)
+		rc = casfs__errno(-errno, "cannot quarantine %s", name);
+	else
+		maybe_fsync(s, qfd);
+	close(qfd);
+	return rc;
+}
+
+static int dir_blob_quarantine(casfs_store *s, const char *name)
+{
+	int dfd = data_fd(s, false);
+	if (dfd < 0)
+		return dfd;
+	return quarantine_from(s, dfd, name, "blob.", name);
+}
+
+/* -------------------------------------------------------------------- lock */
+
+static int dir_lock(casfs_store *s, int *token)
+{
+	int rc = ensure_meta(s);
+	if (rc < 0)
+		return rc;
+	/* A fresh open file description per holder, so threads of one
+	 * process exclude each other as processes do. */
+	int fd = openat(S(s)->meta_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return casfs__errno(-errno, "cannot open store lock");
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno == EINTR)
+			continue;
+		rc = casfs__errno(-errno, "cannot lock store");
+		close(fd);
+		return rc;
+	}
+	*token = fd;
+	return 0;
+}
+
+static void dir_unlock(casfs_store *s, int token)
+{
+	(void)s;
+	if (token >= 0)
+		close(token); /* releases the flock */
+}
+
+/* ------------------------------------------------------------------ labels */
+
+/* Resolves the directory holding label name, one component at a time with
+ * O_NOFOLLOW.  *leaf points into name.  *dirfd must be closed by the caller
+ * if *owned. */
+static int label_parent(casfs_store *s, const char *name, bool create, int *dirfd,
+			const char **leaf, bool *owned)
+{
+	int base = labels_fd(s, create);
+	if (base < 0)
+		return base;
+	int cur = base;
+	*owned = false;
+	const char *p = name;
+	const char *slash;
+	while ((slash = strchr(p, '/'))) {
+		char comp[256];
+		size_t n = (size_t)(slash - p);
+		memcpy(comp, p, n);
+		comp[n] = '\0';
+		int next = mkopen_dir_at(cur, comp, create);
+		int e = errno;
+		if (*owned)
+			close(cur);
+		if (next < 0) {
+			if (e == ENOENT || e == ENOTDIR || e == ELOOP)
+				return create ? casfs__errno(-ENOTDIR, "label '%s': '%s' is not a label directory", name, comp) : -ENOENT;
+			return casfs__errno(-e, "label '%s'", name);
+		}
+		cur = next;
+		*owned = true;
+		p = slash + 1;
+	}
+	*dirfd = cur;
+	*leaf = p;
+	return 0;
+}
+
+static int dir_label_read(casfs_store *s, const char *name, char *buf, size_t size, size_t *len)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	int fd = openat(dfd, leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int e = errno;
+	if (owned)
+		close(dfd);
+	if (fd < 0) {
+		if (e == ENOENT)
+			return -ENOENT;
+		if (e == ELOOP)
+			return casfs__err(-EINVAL, "label '%s' is a symlink, not a label file", name);
+		return casfs__errno(-e, "cannot read label '%s'", name);
+	}
+	struct stat sb;
+	if (fstat(fd, &sb) < 0) {
+		rc = casfs__errno(-errno, "cannot read label '%s'", name);
+	} else if (S_ISDIR(sb.st_mode)) {
+		rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
+	} else if (!S_ISREG(sb.st_mode)) {
+		rc = casfs__err(-EINVAL, "label '%s' is not a regular file", name);
+	} else if ((uint64_t)sb.st_size >= size) {
+		rc = casfs__err(-EFBIG, "label file '%s' is too large (%lld bytes) to hold a digest",
+				name, (long long)sb.st_size);
+	} else {
+		ssize_t n = pread(fd, buf, size - 1, 0);
+		if (n < 0) {
+			rc = casfs__errno(-errno, "cannot read label '%s'", name);
+		} else {
+			buf[n] = '\0';
+			*len = (size_t)n;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+static int dir_label_write(casfs_store *s, const char *name, const char *hex)
+{
+	struct casfs_stage st = { .fd = -1 };
+	int rc = dir_stage_create(s, &st);
+	if (rc < 0)
+		return rc;
+	int dfd = -1;
+	bool owned = false;
+	const char *leaf;
+	if ((rc = casfs__write_all(st.fd, hex, strlen(hex))) < 0) {
+		casfs__errno(rc, "cannot write label '%s'", name);
+		goto out;
+	}
+	if (fchmod(st.fd, 0644) < 0 || (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
+		rc = casfs__errno(-errno, "cannot write label '%s'", name);
+		goto out;
+	}
+	if ((rc = label_parent(s, name, true, &dfd, &leaf, &owned)) < 0)
+		goto out;
+	if (renameat(S(s)->staging_fd, st.name, dfd, leaf) < 0) {
+		rc = -errno;
+		if (rc == -EISDIR || rc == -ENOTEMPTY || rc == -EEXIST)
+			rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
+		else
+			casfs__errno(rc, "cannot set label '%s'", name);
+		goto out;
+	}
+	close(st.fd);
+	st.fd = -1;
+	rc = maybe_fsync(s, dfd);
+out:
+	if (owned)
+		close(dfd);
+	dir_stage_discard(s, &st);
+	return rc;
+}
+
+static int dir_label_delete(casfs_store *s, const char *name)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	if (unlinkat(dfd, leaf, 0) < 0) {
+		rc = -errno;
+		if (rc == -EISDIR || rc == -EPERM)
+			rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
+		else if (rc != -ENOENT)
+			casfs__errno(rc, "cannot remove label '%s'", name);
+	} else {
+		rc = maybe_fsync(s, dfd);
+	}
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+static int dir_label_rename(casfs_store *s, const char *from, const char *to)
+{
+	int fdir, tdir;
+	const char *fleaf, *tleaf;
+	bool fown, town;
+	int rc = label_parent(s, from, false, &fdir, &fleaf, &fown);
+	if (rc < 0)
+		return rc;
+	rc = label_parent(s, to, true, &tdir, &tleaf, &town);
+	if (rc < 0)
+		goto out_from;
+	if (renameat(fdir, fleaf, tdir, tleaf) < 0) {
+		rc = -errno;
+		if (rc != -ENOENT)
+			casfs__errno(rc, "cannot rename label '%s' to '%s'", from, to);
+	} else {
+		rc = maybe_fsync(s, tdir);
+		if (rc == 0)
+			rc = maybe_fsync(s, fdir);
+	}
+	if (town)
+		close(tdir);
+out_from:
+	if (fown)
+		close(fdir);
+	return rc;
+}
+
+struct walk {
+	casfs_name_fn fn;
+	void *ud;
+	char path[CASFS_LABEL_MAX + 2];
+};
+
+static int walk_labels(struct walk *w, int dirfd, size_t plen, int depth)
+{
+	if (depth > 2048)
+		return casfs__err(-ELOOP, "labels nested too deeply");
+	DIR *d = dir_stream(dirfd);
+	if (!d)
+		return casfs__errno(-errno, "cannot list labels");
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		size_t n = strlen(e->d_name);
+		if (plen + n + 1 > CASFS_LABEL_MAX)
+			continue; /* not a valid label name: fsck reports nothing we cannot name */
+		memcpy(w->path + plen, e->d_name, n + 1);
+		if (is_dir_entry(dirfd, e)) {
+			int sub = open_dir_at(dirfd, e->d_name);
+			if (sub < 0)
+				continue;
+			w->path[plen + n] = '/';
+			w->path[plen + n + 1] = '\0';
+			rc = walk_labels(w, sub, plen + n + 1, depth + 1);
+			close(sub);
+		} else if (is_reg_entry(dirfd, e)) {
+			rc = w->fn(w->path, w->ud);
+		}
+		if (rc != 0)
+			break;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int dir_label_list(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	int lfd = labels_fd(s, false);
+	if (lfd == -ENOENT)
+		return 0;
+	if (lfd < 0)
+		return lfd;
+	struct walk *w = malloc(sizeof(*w));
+	if (!w)
+		return casfs__err(-ENOMEM, "out of memory");
+	w->fn = fn;
+	w->ud = ud;
+	w->path[0] = '\0';
+	int rc = walk_labels(w, lfd, 0, 0);
+	free(w);
+	return rc;
+}
+
+static int dir_label_quarantine(casfs_store *s, const char *name)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	rc = quarantine_from(s, dfd, leaf, "label.", name);
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+/* ----------------------------------------------------------------- journal */
+
+static uint64_t journal_max(void)
+{
+	const char *v = getenv("CASFS_JOURNAL_MAX");
+	if (v && *v) {
+		unsigned long long n = strtoull(v, NULL, 10);
+		if (n >= 1024)
+			return n;
+	}
+	return JOURNAL_MAX_DEFAULT;
+}
+
+static int journal_open(casfs_store *s)
+{
+	return openat(S(s)->meta_fd, "journal",
+		      O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+}
+
+static int dir_journal_append(casfs_store *s, const char *line, size_t len)
+{
+	struct dir_store *ds = S(s);
+	int rc = ensure_meta(s);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&ds->mu);
+	for (int tries = 0; tries < 3; tries++) {
+		if (ds->journal_fd < 0 && (ds->journal_fd = journal_open(s)) < 0) {
+			rc = -errno;
+			break;
+		}
+		if (flock(ds->journal_fd, LOCK_EX) < 0) {
+			rc = -errno;
+			break;
+		}
+		/* Another process may have rotated the file we hold. */
+		struct stat a, b;
+		if (fstat(ds->journal_fd, &a) < 0 ||
+		    fstatat(ds->meta_fd, "journal", &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+			close(ds->journal_fd);
+			ds->journal_fd = -1;
+			continue;
+		}
+		rc = casfs__write_all(ds->journal_fd, line, len);
+		if (rc == 0 && (uint64_t)a.st_size + len > journal_max())
+			if (renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
+				rc = -errno;
+		flock(ds->journal_fd, LOCK_UN);
+		break;
+	}
+	pthread_mutex_unlock(&ds->mu);
+	return rc;
+}
+
+static int read_lines_at(int dirfd, const char *name, casfs_name_fn fn, void *ud)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : casfs__errno(-errno, "cannot read journal");
+	FILE *f = fdopen(fd, "r");
+	if (!f) {
+		close(fd);
+		return casfs__err(-ENOMEM, "out of memory");
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int rc = 0;
+	while ((n = getline(&line, &cap, f)) > 0) {
+		if (line[n - 1] != '\n')
+			break; /* a line still being written */
+		line[n - 1] = '\0';
+		if ((rc = fn(line, ud)) != 0)
+			break;
+	}
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+static int dir_journal_read(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	int mfd = S(s)->meta_fd;
+	if (mfd < 0)
+		return 0;
+	int rc = read_lines_at(mfd, "journal.1", fn, ud);
+	if (rc != 0)
+		return rc;
+	return read_lines_at(mfd, "journal", fn, ud);
+}
+
+const struct casfs_backend casfs__backend_dir = {
+	.name = "dir",
+	.root_open = dir_root_open,
+	.root_close = dir_root_close,
+	.store_create = dir_store_create,
+	.store_remove = dir_store_remove,
+	.store_list = dir_store_list,
+	.store_open = dir_store_open,
+	.store_close = dir_store_close,
+	.stage_create = dir_stage_create,
+	.stage_discard = dir_stage_discard,
+	.stage_clean = dir_stage_clean,
+	.stage_sync = dir_stage_sync,
+	.blob_publish = dir_blob_publish,
+	.publish_sync = dir_publish_sync,
+	.blob_stat = dir_blob_stat,
+	.blob_open = dir_blob_open,
+	.blob_list = dir_blob_list,
+	.blob_delete = dir_blob_delete,
+	.blob_quarantine = dir_blob_quarantine,
+	.lock = dir_lock,
+	.unlock = dir_unlock,
+	.label_read = dir_label_read,
+	.label_write = dir_label_write,
+	.label_delete = dir_label_delete,
+	.label_rename = dir_label_rename,
+	.label_list = dir_label_list,
+	.label_quarantine = dir_label_quarantine,
+	.journal_append = dir_journal_append,
+	.journal_read = dir_journal_read,
+};

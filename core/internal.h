@@ -1,0 +1,183 @@
+/*
+ * internal.h — what the parts of libcasfs share and nobody else sees.
+ *
+ * The library is split in two layers:
+ *   - the generic layer (store.c, labels.c, maint.c, journal.c) knows the
+ *     rules: names, digests, compare-and-swap, journal lines, gc and fsck;
+ *   - a backend (backend_dir.c today, a RADOS one later) knows where bytes
+ *     live.  Every on-disk detail is behind struct casfs_backend below, so a
+ *     second backend is one more table, not a change to the callers.
+ *
+ * Staging is always a local file (for the directory backend it lives in the
+ * store's .casfs/staging/, on the same filesystem, so that publishing is a
+ * rename; a remote backend would stage locally and upload at publish).
+ */
+#ifndef CASFS_INTERNAL_H
+#define CASFS_INTERNAL_H
+
+#include "casfs.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+
+#define CASFS_ATTR_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ----------------------------------------------------------------- errors */
+
+/* Records a message for the calling thread and returns code (negative). */
+int casfs__err(int code, const char *fmt, ...) CASFS_ATTR_PRINTF(2, 3);
+/* Same, appending ": strerror(-code)". */
+int casfs__errno(int code, const char *fmt, ...) CASFS_ATTR_PRINTF(2, 3);
+
+/* ---------------------------------------------------------------- hashing */
+
+typedef struct casfs_hash casfs_hash;
+casfs_hash *casfs__hash_new(casfs_algo algo);
+void casfs__hash_free(casfs_hash *h);
+int casfs__hash_reset(casfs_hash *h);
+int casfs__hash_update(casfs_hash *h, const void *buf, size_t n);
+/* Writes the lowercase hex digest and resets nothing. */
+int casfs__hash_final(casfs_hash *h, char hex[CASFS_HEX_MAX]);
+/* Hashes everything readable from fd starting at offset 0 (pread). */
+int casfs__hash_fd(casfs_algo algo, int fd, char hex[CASFS_HEX_MAX],
+		   uint64_t *size);
+int casfs__hash_buf(casfs_algo algo, const void *buf, size_t n,
+		    char hex[CASFS_HEX_MAX]);
+
+/* ------------------------------------------------------------------ misc */
+
+/* Trims ASCII whitespace at both ends of buf[0..*len) in place. */
+void casfs__trim(char *buf, size_t *len);
+/* Seconds and nanoseconds since the epoch. */
+int64_t casfs__now_ns(void);
+/* n random lowercase hex digits into out (NUL-terminated). */
+void casfs__randhex(char *out, size_t n);
+/* Full write / pread loops, returning 0 or -errno. */
+int casfs__write_all(int fd, const void *buf, size_t n);
+int casfs__pwrite_all(int fd, const void *buf, size_t n, uint64_t off);
+
+/* --------------------------------------------------------------- staging */
+
+struct casfs_stage {
+	int fd;           /* read-write local file */
+	char name[64];    /* backend's name for it */
+};
+
+/* ---------------------------------------------------------------- backend */
+
+struct casfs_backend {
+	const char *name;
+
+	int (*root_open)(casfs_root *r, const char *spec);
+	void (*root_close)(casfs_root *r);
+	int (*store_create)(casfs_root *r, const char *id, casfs_algo algo);
+	int (*store_remove)(casfs_root *r, const char *id);
+	int (*store_list)(casfs_root *r, casfs_name_fn fn, void *ud);
+	/* Fills s->algo and s->b. */
+	int (*store_open)(casfs_store *s);
+	void (*store_close)(casfs_store *s);
+
+	/* Staging files: created locked by this process; discarded or
+	 * consumed by blob_publish. */
+	int (*stage_create)(casfs_store *s, struct casfs_stage *st);
+	void (*stage_discard)(casfs_store *s, struct casfs_stage *st);
+	int (*stage_clean)(casfs_store *s, unsigned *removed);
+	/* Makes the content of the staging files durable. */
+	int (*stage_sync)(casfs_store *s, struct casfs_stage *const *st,
+			  size_t n);
+	/* Publishes a staged blob under hex and consumes the stage (its fd is
+	 * closed).  0 if new, 1 if it existed (then freshened). */
+	int (*blob_publish)(casfs_store *s, struct casfs_stage *st,
+			    const char *hex);
+	/* Makes the names published so far durable. */
+	int (*publish_sync)(casfs_store *s);
+
+	int (*blob_stat)(casfs_store *s, const char *hex, uint64_t *size,
+			 int64_t *mtime_ns);
+	int (*blob_open)(casfs_store *s, const char *hex, int *fd);
+	/* Lists every name in the blob area, valid or not. */
+	int (*blob_list)(casfs_store *s, casfs_name_fn fn, void *ud);
+	/* Deletes the blob unless it was freshened at or after cutoff_ns:
+	 * then -EAGAIN.  Its size goes to *size. */
+	int (*blob_delete)(casfs_store *s, const char *hex, int64_t cutoff_ns,
+			   uint64_t *size);
+	/* Moves a blob (or any name in the blob area) aside. */
+	int (*blob_quarantine)(casfs_store *s, const char *name);
+
+	/* The store's writer lock, across threads and processes: label
+	 * changes and gc hold it. */
+	int (*lock)(casfs_store *s, int *token);
+	void (*unlock)(casfs_store *s, int token);
+
+	/* Raw label content (up to size bytes, NUL-terminated); -ENOENT if
+	 * absent, -EFBIG if larger than size - 1. */
+	int (*label_read)(casfs_store *s, const char *name, char *buf,
+			  size_t size, size_t *len);
+	/* Atomically replaces or creates a label; caller holds the lock. */
+	int (*label_write)(casfs_store *s, const char *name, const char *hex);
+	int (*label_delete)(casfs_store *s, const char *name);
+	int (*label_rename)(casfs_store *s, const char *from, const char *to);
+	/* Every label file, empty ones included. */
+	int (*label_list)(casfs_store *s, casfs_name_fn fn, void *ud);
+	int (*label_quarantine)(casfs_store *s, const char *name);
+
+	int (*journal_append)(casfs_store *s, const char *line, size_t len);
+	int (*journal_read)(casfs_store *s, casfs_name_fn fn, void *ud);
+};
+
+extern const struct casfs_backend casfs__backend_dir;
+
+struct casfs_root {
+	const struct casfs_backend *be;
+	unsigned flags;
+	char *spec;
+	void *b;
+};
+
+struct casfs_store {
+	casfs_root *root;
+	const struct casfs_backend *be;
+	casfs_algo algo;
+	char id[CASFS_ID_MAX + 1];
+	void *b;
+};
+
+static inline bool casfs__nosync(const casfs_store *s)
+{
+	return (s->root->flags & CASFS_ROOT_NOSYNC) != 0;
+}
+
+/* --------------------------------------------------------------- journal */
+
+struct casfs_event {
+	const char *op;
+	const char *digest;
+	const char *label;
+	const char *from; /* for renames: the label's previous name */
+	const char *old;
+	int result; /* 0 or negative errno */
+};
+
+/* Appends one line for ev to the store's journal.  Never fails the
+ * operation it records: a journal error is returned for the caller to keep
+ * or drop, and the thread's last error is left as it was. */
+int casfs__journal(casfs_store *s, const struct casfs_event *ev);
+/* Convenience: journal and return result. */
+int casfs__journal_ret(casfs_store *s, const char *op, const char *label,
+		       const char *digest, const char *old, int result);
+
+/* ---------------------------------------------------------------- writers */
+
+/* Feeds everything readable from fd into a writer (pipelined hashing). */
+int casfs__writer_feed_fd(casfs_writer *w, int fd,
+			  void (*progress)(uint64_t done, void *ud), void *ud);
+/* Finishes the digest and makes the staged bytes durable, publishing
+ * nothing.  0 if there is a staged version to publish, 1 if the writer has
+ * nothing new (hex is then the committed digest). */
+int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX]);
+/* Publishes what casfs__writer_prepare() finished. */
+int casfs__writer_publish(casfs_writer *w, const char *hex);
+
+#endif

@@ -1,0 +1,119 @@
+/*
+ * journal.c — one JSON line per operation that changes a store, and per
+ * failed one (SPEC §3): time, operation, store, digest, label, old digest,
+ * outcome, error text, and the caller's uid and pid.  The backend appends
+ * and rotates; this file only formats.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static __thread long caller_uid = -1, caller_pid = -1;
+
+void casfs_caller_set(long uid, long pid)
+{
+	caller_uid = uid;
+	caller_pid = pid;
+}
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	bool overflow;
+};
+
+static void put(struct buf *b, const char *s, size_t n)
+{
+	if (b->len + n >= b->cap) {
+		b->overflow = true;
+		return;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+static void puts_(struct buf *b, const char *s)
+{
+	put(b, s, strlen(s));
+}
+
+/* Appends "key":"value" with JSON escaping (bytes >= 0x80 pass through). */
+static void put_str(struct buf *b, const char *key, const char *v)
+{
+	if (!v)
+		return;
+	char tmp[16];
+	snprintf(tmp, sizeof(tmp), ",\"%s\":\"", key);
+	puts_(b, tmp);
+	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+		if (*c == '"' || *c == '\\') {
+			char e[2] = { '\\', (char)*c };
+			put(b, e, 2);
+		} else if (*c < 0x20 || *c == 0x7f) {
+			char e[8];
+			snprintf(e, sizeof(e), "\\u%04x", *c);
+			puts_(b, e);
+		} else {
+			put(b, (const char *)c, 1);
+		}
+	}
+	put(b, "\"", 1);
+}
+
+int casfs__journal(casfs_store *s, const struct casfs_event *ev)
+{
+	char saved[512];
+	snprintf(saved, sizeof(saved), "%s", casfs_error_last());
+	char line[12288];
+	struct buf b = { line, 0, sizeof(line) - 2, false };
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	char head[96];
+	snprintf(head, sizeof(head), "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ\"",
+		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		 ts.tv_nsec / 1000);
+	puts_(&b, head);
+	put_str(&b, "op", ev->op);
+	put_str(&b, "store", s->id);
+	put_str(&b, "label", ev->label);
+	put_str(&b, "from", ev->from);
+	put_str(&b, "digest", ev->digest);
+	put_str(&b, "old", ev->old);
+	put_str(&b, "outcome", ev->result < 0 ? "error" : "ok");
+	if (ev->result < 0) {
+		const char *name = strerrorname_np(-ev->result);
+		put_str(&b, "errno", name ? name : "EIO");
+		put_str(&b, "error", saved[0] ? saved : strerror(-ev->result));
+	}
+	long uid = caller_uid >= 0 ? caller_uid : (long)getuid();
+	long pid = caller_pid >= 0 ? caller_pid : (long)getpid();
+	char tail[64];
+	snprintf(tail, sizeof(tail), ",\"uid\":%ld,\"pid\":%ld}", uid, pid);
+	puts_(&b, tail);
+	if (b.overflow)
+		return -ENAMETOOLONG; /* cannot happen with valid names */
+	line[b.len++] = '\n';
+	int rc = s->be->journal_append(s, line, b.len);
+	/* Leave the caller's error message as it was. */
+	casfs__err(0, "%s", saved);
+	return rc;
+}
+
+int casfs__journal_ret(casfs_store *s, const char *op, const char *label, const char *digest,
+		       const char *old, int result)
+{
+	struct casfs_event ev = {
+		.op = op, .label = label, .digest = digest, .old = old, .result = result,
+	};
+	casfs__journal(s, &ev);
+	return result;
+}
+
+int casfs_journal_read(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	return s->be->journal_read(s, fn, ud);
+}

@@ -1,0 +1,275 @@
+/*
+ * labels.c — human names for digests: get, compare-and-swap set and
+ * remove, rename, list, and "store then label" as one step.
+ *
+ * Every change holds the store's writer lock (the one gc holds), checks the
+ * blob exists under it, and records old and new digest in the journal, so a
+ * label never names a blob gc removed and no label history is lost.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Label files larger than this cannot hold a digest (plus whitespace). */
+#define LABEL_FILE_MAX 4096
+
+/* Reads and parses a label; -ENOENT if absent or empty. */
+static int label_read(casfs_store *s, const char *name, char hex[CASFS_HEX_MAX])
+{
+	char buf[LABEL_FILE_MAX + 1];
+	size_t len = 0;
+	int rc = s->be->label_read(s, name, buf, sizeof(buf), &len);
+	if (rc < 0)
+		return rc;
+	casfs__trim(buf, &len);
+	if (len == 0)
+		return -ENOENT; /* Theater: an empty label file means no label */
+	if (casfs_digest_check(s->algo, buf) < 0)
+		return casfs__err(-EINVAL, "label '%s' does not hold a %s digest ('%.70s')", name,
+				  casfs_algo_name(s->algo), buf);
+	memcpy(hex, buf, len + 1);
+	return 0;
+}
+
+int casfs_label_get(casfs_store *s, const char *name, char hex_out[CASFS_HEX_MAX])
+{
+	int rc = casfs_label_check(name);
+	if (rc < 0)
+		return rc;
+	rc = label_read(s, name, hex_out);
+	if (rc == -ENOENT)
+		return casfs__err(-ENOENT, "no label '%s' in store '%s'", name, s->id);
+	return rc;
+}
+
+/* Checks the current digest cur ("" if none) against expect. */
+static int check_expect(const char *name, const char *cur, const char *expect)
+{
+	if (!expect)
+		return 0;
+	if (expect == CASFS_LABEL_EXISTS) {
+		if (!cur[0])
+			return casfs__err(-ENOENT, "no label '%s'", name);
+		return 0;
+	}
+	if (!expect[0]) {
+		if (cur[0])
+			return casfs__err(-EEXIST, "label '%s' already exists (it points at %s)", name, cur);
+		return 0;
+	}
+	if (!cur[0])
+		return casfs__err(-ENOENT, "no label '%s' (expected it to point at %s)", name, expect);
+	if (strcmp(cur, expect) != 0)
+		return casfs__err(-ESTALE, "label '%s' changed: it points at %s, not %s", name, cur, expect);
+	return 0;
+}
+
+static int check_expect_arg(casfs_store *s, const char *expect)
+{
+	if (!expect || expect == CASFS_LABEL_EXISTS || !expect[0])
+		return 0;
+	return casfs_digest_check(s->algo, expect);
+}
+
+/* Reads the current digest into cur ("" if none) for a locked change. */
+static int current(casfs_store *s, const char *name, char cur[CASFS_HEX_MAX])
+{
+	int rc = label_read(s, name, cur);
+	if (rc == -ENOENT) {
+		cur[0] = '\0';
+		return 0;
+	}
+	if (rc == -EINVAL || rc == -EFBIG) {
+		/* Garbage in the label file: it may be replaced or removed
+		 * (the journal keeps that it was garbage). */
+		cur[0] = '\0';
+		return 0;
+	}
+	return rc;
+}
+
+/* The locked part of a set: blob present, expectation met, write. */
+static int set_locked(casfs_store *s, const char *name, const char *hex, const char *expect,
+		      char cur[CASFS_HEX_MAX])
+{
+	int rc = s->be->blob_stat(s, hex, NULL, NULL);
+	if (rc == -ENOENT)
+		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
+	if (rc < 0)
+		return rc;
+	if ((rc = current(s, name, cur)) < 0)
+		return rc;
+	if ((rc = check_expect(name, cur, expect)) < 0)
+		return rc;
+	if (strcmp(cur, hex) == 0)
+		return 0; /* already there */
+	return s->be->label_write(s, name, hex);
+}
+
+int casfs_label_set(casfs_store *s, const char *name, const char *hex, const char *expect,
+		    char old_out[CASFS_HEX_MAX])
+{
+	char cur[CASFS_HEX_MAX] = "";
+	int rc = casfs_label_check(name);
+	if (rc == 0)
+		rc = casfs_digest_check(s->algo, hex);
+	if (rc == 0)
+		rc = check_expect_arg(s, expect);
+	if (rc < 0)
+		return casfs__journal_ret(s, "label", name, hex, NULL, rc);
+	int token;
+	if ((rc = s->be->lock(s, &token)) == 0) {
+		rc = set_locked(s, name, hex, expect, cur);
+		s->be->unlock(s, token);
+	}
+	if (old_out)
+		strcpy(old_out, cur);
+	return casfs__journal_ret(s, "label", name, hex, cur[0] ? cur : NULL, rc);
+}
+
+int casfs_label_remove(casfs_store *s, const char *name, const char *expect,
+		       char old_out[CASFS_HEX_MAX])
+{
+	char cur[CASFS_HEX_MAX] = "";
+	int rc = casfs_label_check(name);
+	if (rc == 0)
+		rc = check_expect_arg(s, expect);
+	if (rc < 0)
+		return casfs__journal_ret(s, "remove-label", name, NULL, NULL, rc);
+	int token;
+	if ((rc = s->be->lock(s, &token)) == 0) {
+		rc = current(s, name, cur);
+		if (rc == 0)
+			rc = check_expect(name, cur, expect ? expect : CASFS_LABEL_EXISTS);
+		if (rc == 0) {
+			rc = s->be->label_delete(s, name);
+			if (rc == -ENOENT)
+				rc = casfs__err(-ENOENT, "no label '%s'", name);
+		} else if (rc == -ENOENT && !cur[0]) {
+			/* An empty label file is no label, but remove it too. */
+			if (s->be->label_delete(s, name) == 0)
+				rc = 0;
+			else
+				casfs__err(-ENOENT, "no label '%s' in store '%s'", name, s->id);
+		}
+		s->be->unlock(s, token);
+	}
+	if (old_out)
+		strcpy(old_out, cur);
+	return casfs__journal_ret(s, "remove-label", name, NULL, cur[0] ? cur : NULL, rc);
+}
+
+int casfs_label_rename(casfs_store *s, const char *from, const char *to)
+{
+	char hex[CASFS_HEX_MAX] = "", old[CASFS_HEX_MAX] = "";
+	int rc = casfs_label_check(from);
+	if (rc == 0)
+		rc = casfs_label_check(to);
+	int token;
+	if (rc == 0 && (rc = s->be->lock(s, &token)) == 0) {
+		rc = label_read(s, from, hex);
+		if (rc == -ENOENT)
+			rc = casfs__err(-ENOENT, "no label '%s'", from);
+		if (rc == 0)
+			rc = current(s, to, old);
+		if (rc == 0 && strcmp(from, to) != 0)
+			rc = s->be->label_rename(s, from, to);
+		s->be->unlock(s, token);
+	}
+	struct casfs_event ev = {
+		.op = "rename-label", .label = to, .from = from,
+		.digest = hex[0] ? hex : NULL, .old = old[0] ? old : NULL, .result = rc,
+	};
+	casfs__journal(s, &ev);
+	return rc;
+}
+
+struct label_filter {
+	casfs_store *s;
+	casfs_name_fn fn;
+	void *ud;
+};
+
+static int only_labels(const char *name, void *ud)
+{
+	struct label_filter *f = ud;
+	char hex[CASFS_HEX_MAX];
+	/* Names only: skip files that cannot be label names.  Empty files
+	 * (Theater's "no label") are skipped by size, without a read. */
+	if (casfs_label_check(name) < 0)
+		return 0;
+	int rc = f->s->be->label_read(f->s, name, hex, sizeof(hex), &(size_t){ 0 });
+	if (rc == 0 && hex[0] == '\0')
+		return 0;
+	return f->fn(name, f->ud);
+}
+
+int casfs_label_list(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	struct label_filter f = { s, fn, ud };
+	int rc = s->be->label_list(s, only_labels, &f);
+	if (rc >= 0)
+		casfs_error_clear();
+	return rc;
+}
+
+/* Publishes a prepared writer and points name at it under the lock. */
+static int label_commit_prepared(casfs_store *s, const char *name, casfs_writer *w, int prep,
+				 const char *hex, const char *expect, char cur[CASFS_HEX_MAX])
+{
+	int token;
+	int rc = s->be->lock(s, &token);
+	if (rc < 0)
+		return rc;
+	if (prep == 0) {
+		rc = casfs__writer_publish(w, hex);
+		if (rc >= 0)
+			rc = s->be->publish_sync(s);
+	}
+	if (rc >= 0)
+		rc = set_locked(s, name, hex, expect, cur);
+	s->be->unlock(s, token);
+	return rc;
+}
+
+int casfs_label_commit(casfs_store *s, const char *name, casfs_writer *w, const char *expect,
+		       char hex_out[CASFS_HEX_MAX])
+{
+	char hex[CASFS_HEX_MAX] = "", cur[CASFS_HEX_MAX] = "";
+	int rc = casfs_label_check(name);
+	if (rc == 0)
+		rc = check_expect_arg(s, expect);
+	/* Hash and sync outside the lock: only the rename and the label
+	 * write hold it. */
+	int prep = rc < 0 ? rc : casfs__writer_prepare(w, hex);
+	if (prep < 0)
+		rc = prep;
+	else
+		rc = label_commit_prepared(s, name, w, prep, hex, expect, cur);
+	if (rc >= 0 && hex_out)
+		strcpy(hex_out, hex);
+	return casfs__journal_ret(s, "store-at-label", name, hex[0] ? hex : NULL,
+				  cur[0] ? cur : NULL, rc < 0 ? rc : 0);
+}
+
+int casfs_label_put_fd(casfs_store *s, const char *name, int fd, const char *expect,
+		       char hex_out[CASFS_HEX_MAX], void (*progress)(uint64_t, void *), void *ud)
+{
+	int rc = casfs_label_check(name);
+	if (rc == 0)
+		rc = check_expect_arg(s, expect);
+	if (rc < 0)
+		return casfs__journal_ret(s, "store-at-label", name, NULL, NULL, rc);
+	casfs_writer *w;
+	if ((rc = casfs_writer_open(&w, s)) < 0)
+		return casfs__journal_ret(s, "store-at-label", name, NULL, NULL, rc);
+	rc = casfs__writer_feed_fd(w, fd, progress, ud);
+	if (rc < 0)
+		casfs__journal_ret(s, "store-at-label", name, NULL, NULL, rc);
+	else
+		rc = casfs_label_commit(s, name, w, expect, hex_out);
+	casfs_writer_free(w);
+	return rc;
+}

@@ -1,0 +1,711 @@
+/*
+ * store.c — roots, stores, blobs and streaming writers: the generic layer
+ * over a backend (see internal.h).
+ *
+ * Writing a blob always goes: stage (local file) -> hash as bytes arrive ->
+ * make the staged bytes durable -> publish under the digest (atomic, refuses
+ * to replace; an existing blob is only freshened) -> make the name durable.
+ * So a store only ever shows complete blobs whose names are their digests.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+/* ------------------------------------------------------------------- roots */
+
+int casfs_root_open(casfs_root **out, const char *path, unsigned flags)
+{
+	*out = NULL;
+	if (!path || !*path)
+		return casfs__err(-EINVAL, "no root directory given");
+	casfs_root *r = calloc(1, sizeof(*r));
+	if (!r || !(r->spec = strdup(path))) {
+		free(r);
+		return casfs__err(-ENOMEM, "out of memory");
+	}
+	r->flags = flags;
+	r->be = &casfs__backend_dir;
+	int rc = r->be->root_open(r, path);
+	if (rc < 0) {
+		free(r->spec);
+		free(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
+}
+
+void casfs_root_free(casfs_root *root)
+{
+	if (!root)
+		return;
+	root->be->root_close(root);
+	free(root->spec);
+	free(root);
+}
+
+int casfs_store_create(casfs_root *root, const char *id, casfs_algo algo,
+		       char *id_out, size_t id_out_size)
+{
+	char fresh[37];
+	if (!id || !*id) {
+		uuid_t u;
+		uuid_generate(u);
+		uuid_unparse_lower(u, fresh);
+		id = fresh;
+	}
+	int rc = casfs_id_check(id);
+	if (rc < 0)
+		return rc;
+	if (!casfs_algo_name(algo))
+		return casfs__err(-EINVAL, "unknown hash algorithm");
+	if (id_out && id_out_size <= strlen(id))
+		return casfs__err(-ERANGE, "buffer too small for the store id");
+	rc = root->be->store_create(root, id, algo);
+	if (rc < 0)
+		return rc;
+	if (id_out)
+		strcpy(id_out, id);
+	casfs_store *s;
+	if (casfs_store_open(&s, root, id) == 0) {
+		casfs__journal_ret(s, "new", NULL, NULL, NULL, 0);
+		casfs_store_free(s);
+	}
+	casfs_error_clear();
+	return 0;
+}
+
+int casfs_store_list(casfs_root *root, casfs_name_fn fn, void *ud)
+{
+	return root->be->store_list(root, fn, ud);
+}
+
+static int stop_at_first(const char *name, void *ud)
+{
+	(void)name;
+	(void)ud;
+	return 1;
+}
+
+static int stop_at_first_label(const char *name, void *ud)
+{
+	casfs_store *s = ud;
+	char hex[CASFS_HEX_MAX];
+	return casfs_label_get(s, name, hex) == -ENOENT ? 0 : 1;
+}
+
+int casfs_store_remove(casfs_root *root, const char *id)
+{
+	casfs_store *s;
+	int rc = casfs_store_open(&s, root, id);
+	if (rc < 0)
+		return rc;
+	int token;
+	if ((rc = s->be->lock(s, &token)) < 0)
+		goto out;
+	int blobs = s->be->blob_list(s, stop_at_first, NULL);
+	int labels = blobs ? 0 : s->be->label_list(s, stop_at_first_label, s);
+	if (blobs < 0 || labels < 0)
+		rc = blobs < 0 ? blobs : labels;
+	else if (blobs || labels)
+		rc = casfs__err(-ENOTEMPTY, "store '%s' is not empty (it holds %s)", id,
+				blobs ? "blobs" : "labels");
+	else
+		rc = root->be->store_remove(root, id);
+	s->be->unlock(s, token);
+out:
+	casfs_store_free(s);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ stores */
+
+int casfs_store_open(casfs_store **out, casfs_root *root, const char *id)
+{
+	*out = NULL;
+	int rc = casfs_id_check(id);
+	if (rc < 0)
+		return rc;
+	casfs_store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return casfs__err(-ENOMEM, "out of memory");
+	s->root = root;
+	s->be = root->be;
+	strcpy(s->id, id);
+	rc = s->be->store_open(s);
+	if (rc < 0) {
+		s->be->store_close(s);
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+void casfs_store_free(casfs_store *s)
+{
+	if (!s)
+		return;
+	s->be->store_close(s);
+	free(s);
+}
+
+casfs_algo casfs_store_algo(const casfs_store *s)
+{
+	return s->algo;
+}
+
+const char *casfs_store_id(const casfs_store *s)
+{
+	return s->id;
+}
+
+int casfs_store_clean_staging(casfs_store *s, unsigned *removed)
+{
+	return s->be->stage_clean(s, removed);
+}
+
+/* ------------------------------------------------------------------- blobs */
+
+int casfs_blob_exists(casfs_store *s, const char *hex)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	rc = s->be->blob_stat(s, hex, NULL, NULL);
+	if (rc == -ENOENT)
+		return 0;
+	return rc < 0 ? rc : 1;
+}
+
+int casfs_blob_size(casfs_store *s, const char *hex, uint64_t *size)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	rc = s->be->blob_stat(s, hex, size, NULL);
+	if (rc == -ENOENT)
+		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
+	return rc;
+}
+
+int casfs_blob_open(casfs_store *s, const char *hex, int *fd)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	return s->be->blob_open(s, hex, fd);
+}
+
+struct filter {
+	casfs_store *s;
+	casfs_name_fn fn;
+	void *ud;
+	uint64_t total;
+};
+
+static int only_digests(const char *name, void *ud)
+{
+	struct filter *f = ud;
+	if (casfs_digest_check(f->s->algo, name) < 0)
+		return 0;
+	return f->fn(name, f->ud);
+}
+
+int casfs_blob_list(casfs_store *s, casfs_name_fn fn, void *ud)
+{
+	struct filter f = { s, fn, ud, 0 };
+	int rc = s->be->blob_list(s, only_digests, &f);
+	if (rc >= 0)
+		casfs_error_clear();
+	return rc;
+}
+
+static int add_size(const char *name, void *ud)
+{
+	struct filter *f = ud;
+	uint64_t size;
+	if (f->s->be->blob_stat(f->s, name, &size, NULL) == 0)
+		f->total += size;
+	return 0;
+}
+
+int casfs_store_total_size(casfs_store *s, uint64_t *bytes)
+{
+	struct filter f = { s, add_size, NULL, 0 };
+	f.ud = &f;
+	int rc = casfs_blob_list(s, add_size, &f);
+	if (rc < 0)
+		return rc;
+	*bytes = f.total;
+	return 0;
+}
+
+/* ----------------------------------------------------------------- writers */
+
+struct casfs_writer {
+	casfs_store *s;
+	struct casfs_stage st;       /* st.fd < 0: no version being staged */
+	casfs_hash *h;
+	uint64_t size;               /* staged size */
+	uint64_t hashed;             /* bytes [0, hashed) are in h, in order */
+	bool rehash;                 /* h is not usable: hash the file at commit */
+	char committed[CASFS_HEX_MAX]; /* last committed digest, "" if none */
+};
+
+int casfs_writer_open(casfs_writer **out, casfs_store *s)
+{
+	*out = NULL;
+	casfs_writer *w = calloc(1, sizeof(*w));
+	if (!w)
+		return casfs__err(-ENOMEM, "out of memory");
+	w->s = s;
+	w->st.fd = -1;
+	w->h = casfs__hash_new(s->algo);
+	if (!w->h) {
+		free(w);
+		return casfs__err(-ENOMEM, "cannot set up hashing");
+	}
+	int rc = s->be->stage_create(s, &w->st);
+	if (rc < 0) {
+		casfs__hash_free(w->h);
+		free(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+}
+
+/* Copies src (from offset 0) into dst; returns bytes copied or -errno. */
+static int64_t copy_fd(int src, int dst)
+{
+	uint64_t done = 0;
+	for (;;) {
+		ssize_t n = copy_file_range(src, NULL, dst, NULL, 1 << 30, 0);
+		if (n > 0) {
+			done += (uint64_t)n;
+			continue;
+		}
+		if (n == 0)
+			return (int64_t)done;
+		if (errno == EINTR)
+			continue;
+		if (errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS)
+			return -errno;
+		break;
+	}
+	char buf[1 << 16];
+	for (;;) {
+		ssize_t n = read(src, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return (int64_t)done;
+		int rc = casfs__write_all(dst, buf, (size_t)n);
+		if (rc < 0)
+			return rc;
+		done += (uint64_t)n;
+	}
+}
+
+/* After a commit the staged file became the blob: the next change starts a
+ * new staged version holding the committed content. */
+static int writer_restage(casfs_writer *w)
+{
+	if (w->st.fd >= 0)
+		return 0;
+	casfs_store *s = w->s;
+	int rc = s->be->stage_create(s, &w->st);
+	if (rc < 0)
+		return rc;
+	casfs__hash_reset(w->h);
+	w->size = w->hashed = 0;
+	w->rehash = false;
+	if (!w->committed[0])
+		return 0;
+	int src;
+	if ((rc = s->be->blob_open(s, w->committed, &src)) < 0)
+		goto fail;
+	int64_t n = copy_fd(src, w->st.fd);
+	close(src);
+	if (n < 0) {
+		rc = casfs__errno((int)n, "cannot copy blob %s to staging", w->committed);
+		goto fail;
+	}
+	w->size = (uint64_t)n;
+	w->rehash = n > 0;
+	return 0;
+fail:
+	s->be->stage_discard(s, &w->st);
+	return rc;
+}
+
+int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off)
+{
+	int rc = writer_restage(w);
+	if (rc < 0)
+		return rc;
+	if ((rc = casfs__pwrite_all(w->st.fd, buf, n, off)) < 0)
+		return casfs__errno(rc, "cannot write to staging file");
+	if (!w->rehash && off == w->hashed && w->hashed == w->size) {
+		if ((rc = casfs__hash_update(w->h, buf, n)) < 0)
+			return rc;
+		w->hashed += n;
+	} else if (n > 0) {
+		w->rehash = true;
+	}
+	if (off + n > w->size)
+		w->size = off + n;
+	return 0;
+}
+
+int casfs_writer_write(casfs_writer *w, const void *buf, size_t n)
+{
+	int rc = writer_restage(w);
+	if (rc < 0)
+		return rc;
+	return casfs_writer_pwrite(w, buf, n, w->size);
+}
+
+int casfs_writer_truncate(casfs_writer *w, uint64_t size)
+{
+	int rc = writer_restage(w);
+	if (rc < 0)
+		return rc;
+	if (size == w->size)
+		return 0;
+	if (ftruncate(w->st.fd, (off_t)size) < 0)
+		return casfs__errno(-errno, "cannot truncate staging file");
+	if (size == 0) {
+		casfs__hash_reset(w->h);
+		w->hashed = 0;
+		w->rehash = false;
+	} else {
+		w->rehash = true;
+	}
+	w->size = size;
+	return 0;
+}
+
+uint64_t casfs_writer_size(const casfs_writer *w)
+{
+	return w->size;
+}
+
+int casfs_writer_fd(const casfs_writer *w)
+{
+	return w->st.fd;
+}
+
+int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
+{
+	if (w->st.fd < 0) {
+		if (!w->committed[0])
+			return casfs__err(-EINVAL, "writer has nothing to commit");
+		strcpy(hex, w->committed);
+		return 1;
+	}
+	int rc;
+	if (w->rehash || w->hashed != w->size)
+		rc = casfs__hash_fd(w->s->algo, w->st.fd, hex, NULL);
+	else
+		rc = casfs__hash_final(w->h, hex);
+	if (rc < 0)
+		return rc;
+	struct casfs_stage *one = &w->st;
+	return w->s->be->stage_sync(w->s, &one, 1);
+}
+
+int casfs__writer_publish(casfs_writer *w, const char *hex)
+{
+	casfs_store *s = w->s;
+	int rc = s->be->blob_publish(s, &w->st, hex);
+	w->st.fd = -1; /* consumed, whatever the outcome */
+	if (rc < 0)
+		return rc;
+	strcpy(w->committed, hex);
+	return rc;
+}
+
+static int writer_commit_nolog(casfs_writer *w, char hex[CASFS_HEX_MAX])
+{
+	int rc = casfs__writer_prepare(w, hex);
+	if (rc != 0)
+		return rc;
+	rc = casfs__writer_publish(w, hex);
+	if (rc < 0)
+		return rc;
+	int sr = w->s->be->publish_sync(w->s);
+	return sr < 0 ? sr : rc;
+}
+
+int casfs_writer_commit(casfs_writer *w, char hex_out[CASFS_HEX_MAX])
+{
+	char hex[CASFS_HEX_MAX] = "";
+	int rc = writer_commit_nolog(w, hex);
+	casfs__journal_ret(w->s, "store", NULL, hex[0] ? hex : NULL, NULL, rc < 0 ? rc : 0);
+	if (rc >= 0)
+		strcpy(hex_out, hex);
+	return rc;
+}
+
+int casfs_writer_commit_many(casfs_writer **ws, size_t n, char (*hex_out)[CASFS_HEX_MAX],
+			     int *ret_out)
+{
+	if (n == 0)
+		return 0;
+	casfs_store *s = ws[0]->s;
+	struct casfs_stage **stages = calloc(n, sizeof(*stages));
+	if (!stages)
+		return casfs__err(-ENOMEM, "out of memory");
+	size_t k = 0;
+	int first = 0;
+	/* 1. finish every digest, 2. one sync for all, 3. publish each,
+	 * 4. one sync of the names. */
+	for (size_t i = 0; i < n; i++) {
+		casfs_writer *w = ws[i];
+		hex_out[i][0] = '\0';
+		if (w->st.fd < 0) {
+			ret_out[i] = casfs__writer_prepare(w, hex_out[i]);
+			continue;
+		}
+		int rc = (w->rehash || w->hashed != w->size)
+				 ? casfs__hash_fd(s->algo, w->st.fd, hex_out[i], NULL)
+				 : casfs__hash_final(w->h, hex_out[i]);
+		ret_out[i] = rc;
+		if (rc == 0)
+			stages[k++] = &w->st;
+	}
+	int rc = s->be->stage_sync(s, stages, k);
+	for (size_t i = 0; i < n; i++) {
+		casfs_writer *w = ws[i];
+		if (ret_out[i] < 0 || w->st.fd < 0)
+			continue;
+		ret_out[i] = rc < 0 ? rc : casfs__writer_publish(w, hex_out[i]);
+	}
+	int sr = s->be->publish_sync(s);
+	for (size_t i = 0; i < n; i++) {
+		if (ret_out[i] >= 0 && sr < 0)
+			ret_out[i] = sr;
+		casfs__journal_ret(s, "store", NULL, hex_out[i][0] ? hex_out[i] : NULL, NULL,
+				   ret_out[i] < 0 ? ret_out[i] : 0);
+		if (ret_out[i] < 0 && first == 0)
+			first = ret_out[i];
+	}
+	free(stages);
+	return first;
+}
+
+void casfs_writer_free(casfs_writer *w)
+{
+	if (!w)
+		return;
+	w->s->be->stage_discard(w->s, &w->st);
+	casfs__hash_free(w->h);
+	free(w);
+}
+
+/* ------------------------------------------------- pipelined fd ingestion */
+
+enum { CHUNK = 1 << 20, SLOTS = 4, WRITEBACK_EVERY = 8 << 20 };
+
+struct pipe_state {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	casfs_hash *h;
+	char *buf[SLOTS];
+	size_t len[SLOTS];
+	uint64_t posted, hashed; /* slot counters */
+	bool eof;
+	int err;
+};
+
+static void *hasher_main(void *arg)
+{
+	struct pipe_state *p = arg;
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->hashed == p->posted && !p->eof && !p->err)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (p->err || (p->hashed == p->posted && p->eof))
+			break;
+		unsigned slot = (unsigned)(p->hashed % SLOTS);
+		pthread_mutex_unlock(&p->mu);
+		int rc = casfs__hash_update(p->h, p->buf[slot], p->len[slot]);
+		pthread_mutex_lock(&p->mu);
+		if (rc < 0)
+			p->err = rc;
+		p->hashed++;
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* Reads until buf is full or end of input; returns bytes or -errno. */
+static ssize_t read_full(int fd, char *buf, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(fd, buf + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+int casfs__writer_feed_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, void *), void *ud)
+{
+	struct pipe_state p = { .h = w->h };
+	int rc = writer_restage(w);
+	if (rc < 0)
+		return rc;
+	if (w->rehash || w->hashed != w->size) {
+		/* Not a clean sequential stream: plain writes, hash at commit. */
+		char *buf = malloc(CHUNK);
+		if (!buf)
+			return casfs__err(-ENOMEM, "out of memory");
+		ssize_t n;
+		while ((n = read_full(fd, buf, CHUNK)) > 0)
+			if ((rc = casfs_writer_write(w, buf, (size_t)n)) < 0)
+				break;
+		free(buf);
+		if (n < 0)
+			return casfs__errno((int)n, "read");
+		return rc;
+	}
+	for (int i = 0; i < SLOTS; i++) {
+		p.buf[i] = malloc(CHUNK);
+		if (!p.buf[i]) {
+			rc = casfs__err(-ENOMEM, "out of memory");
+			goto out_free;
+		}
+	}
+	/* A first chunk that holds the whole input is hashed inline: no
+	 * thread for small files. */
+	ssize_t n = read_full(fd, p.buf[0], CHUNK);
+	if (n < 0) {
+		rc = casfs__errno((int)n, "read");
+		goto out_free;
+	}
+	if ((size_t)n < CHUNK) {
+		rc = casfs_writer_write(w, p.buf[0], (size_t)n);
+		if (rc == 0 && progress)
+			progress(w->size, ud);
+		goto out_free;
+	}
+	pthread_mutex_init(&p.mu, NULL);
+	pthread_cond_init(&p.cv, NULL);
+	pthread_t th;
+	if ((rc = -pthread_create(&th, NULL, hasher_main, &p)) < 0) {
+		casfs__errno(rc, "cannot start hashing thread");
+		goto out_sync;
+	}
+	uint64_t off = w->size, synced = off;
+	bool dosync = !casfs__nosync(w->s);
+	for (uint64_t i = 0;; i++) {
+		unsigned slot = (unsigned)(i % SLOTS);
+		if (i > 0) {
+			pthread_mutex_lock(&p.mu);
+			while (p.posted - p.hashed >= SLOTS && !p.err)
+				pthread_cond_wait(&p.cv, &p.mu);
+			rc = p.err;
+			pthread_mutex_unlock(&p.mu);
+			if (rc < 0)
+				break;
+			n = read_full(fd, p.buf[slot], CHUNK);
+			if (n < 0) {
+				rc = casfs__errno((int)n, "read");
+				break;
+			}
+			if (n == 0)
+				break;
+		}
+		/* Post first: the hasher reads the slot while we write it. */
+		pthread_mutex_lock(&p.mu);
+		p.len[slot] = (size_t)n;
+		p.posted++;
+		pthread_cond_broadcast(&p.cv);
+		pthread_mutex_unlock(&p.mu);
+		if ((rc = casfs__pwrite_all(w->st.fd, p.buf[slot], (size_t)n, off)) < 0) {
+			casfs__errno(rc, "cannot write to staging file");
+			break;
+		}
+		off += (uint64_t)n;
+		if (dosync && off - synced >= WRITEBACK_EVERY) {
+			/* Start writeback early so the final sync is short. */
+			sync_file_range(w->st.fd, (off_t)synced, (off_t)(off - synced),
+					SYNC_FILE_RANGE_WRITE);
+			synced = off;
+		}
+		if (progress)
+			progress(off, ud);
+		if ((size_t)n < CHUNK)
+			break;
+	}
+	pthread_mutex_lock(&p.mu);
+	p.eof = true;
+	if (rc < 0 && !p.err)
+		p.err = rc;
+	pthread_cond_broadcast(&p.cv);
+	pthread_mutex_unlock(&p.mu);
+	pthread_join(th, NULL);
+	if (rc == 0 && p.err < 0)
+		rc = p.err;
+	if (rc == 0) {
+		w->size = w->hashed = off;
+	} else {
+		/* The hash state is now unusable. */
+		w->rehash = true;
+		w->size = off;
+	}
+out_sync:
+	pthread_cond_destroy(&p.cv);
+	pthread_mutex_destroy(&p.mu);
+out_free:
+	for (int i = 0; i < SLOTS; i++)
+		free(p.buf[i]);
+	return rc;
+}
+
+int casfs_blob_put_fd(casfs_store *s, int fd, char hex_out[CASFS_HEX_MAX],
+		      void (*progress)(uint64_t, void *), void *ud)
+{
+	casfs_writer *w;
+	int rc = casfs_writer_open(&w, s);
+	if (rc < 0)
+		return casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
+	rc = casfs__writer_feed_fd(w, fd, progress, ud);
+	if (rc < 0)
+		casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
+	else
+		rc = casfs_writer_commit(w, hex_out);
+	casfs_writer_free(w);
+	return rc;
+}
+
+int casfs_blob_put(casfs_store *s, const void *buf, size_t len, char hex_out[CASFS_HEX_MAX])
+{
+	casfs_writer *w;
+	int rc = casfs_writer_open(&w, s);
+	if (rc < 0)
+		return casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
+	rc = casfs_writer_write(w, buf, len);
+	if (rc < 0)
+		casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
+	else
+		rc = casfs_writer_commit(w, hex_out);
+	casfs_writer_free(w);
+	return rc;
+}
