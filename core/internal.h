@@ -170,9 +170,6 @@ int casfs__journal_ret(casfs_store *s, const char *op, const char *label,
 
 /* ---------------------------------------------------------------- writers */
 
-/* Feeds everything readable from fd into a writer (pipelined hashing). */
-int casfs__writer_feed_fd(casfs_writer *w, int fd,
-			  void (*progress)(uint64_t done, void *ud), void *ud);
 /* Finishes the digest and makes the staged bytes durable, publishing
  * nothing.  0 if there is a staged version to publish, 1 if the writer has
  * nothing new (hex is then the committed digest). */

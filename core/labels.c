@@ -265,7 +265,7 @@ int casfs_label_put_fd(casfs_store *s, const char *name, int fd, const char *exp
 	casfs_writer *w;
 	if ((rc = casfs_writer_open(&w, s)) < 0)
 		return casfs__journal_ret(s, "store-at-label", name, NULL, NULL, rc);
-	rc = casfs__writer_feed_fd(w, fd, progress, ud);
+	rc = casfs_writer_write_fd(w, fd, progress, ud);
 	if (rc < 0)
 		casfs__journal_ret(s, "store-at-label", name, NULL, NULL, rc);
 	else

@@ -201,6 +201,46 @@ int casfs_blob_open(casfs_store *s, const char *hex, int *fd)
 	return s->be->blob_open(s, hex, fd);
 }
 
+int casfs_blob_verify_copy(casfs_store *s, const char *hex, int fd, int out)
+{
+	enum { BUF = 1 << 20 };
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	casfs_hash *h = casfs__hash_new(s->algo);
+	char *buf = malloc(BUF);
+	if (!h || !buf) {
+		rc = casfs__err(-ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint64_t off = 0;;) {
+		ssize_t n = pread(fd, buf, BUF, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = casfs__errno(-errno, "cannot read blob %s", hex);
+			goto out;
+		}
+		if (n == 0)
+			break;
+		off += (uint64_t)n;
+		if ((rc = casfs__hash_update(h, buf, (size_t)n)) < 0)
+			goto out;
+		if ((rc = casfs__write_all(out, buf, (size_t)n)) < 0) {
+			casfs__errno(rc, "cannot write out blob %s", hex);
+			goto out;
+		}
+	}
+	char got[CASFS_HEX_MAX];
+	if ((rc = casfs__hash_final(h, got)) == 0 && strcmp(got, hex) != 0)
+		rc = casfs__err(-EIO, "blob %s is corrupt: its content hashes to %s (run casfs fsck)",
+				hex, got);
+out:
+	free(buf);
+	casfs__hash_free(h);
+	return rc;
+}
+
 struct filter {
 	casfs_store *s;
 	casfs_name_fn fn;
@@ -565,7 +605,7 @@ static ssize_t read_full(int fd, char *buf, size_t n)
 	return (ssize_t)got;
 }
 
-int casfs__writer_feed_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, void *), void *ud)
+int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, void *), void *ud)
 {
 	struct pipe_state p = { .h = w->h };
 	int rc = writer_restage(w);
@@ -686,7 +726,7 @@ int casfs_blob_put_fd(casfs_store *s, int fd, char hex_out[CASFS_HEX_MAX],
 	int rc = casfs_writer_open(&w, s);
 	if (rc < 0)
 		return casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
-	rc = casfs__writer_feed_fd(w, fd, progress, ud);
+	rc = casfs_writer_write_fd(w, fd, progress, ud);
 	if (rc < 0)
 		casfs__journal_ret(s, "store", NULL, NULL, NULL, rc);
 	else

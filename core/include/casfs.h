@@ -134,6 +134,10 @@ int casfs_blob_exists(casfs_store *store, const char *hex);
 int casfs_blob_size(casfs_store *store, const char *hex, uint64_t *size);
 /* Opens a stored blob for reading; the caller owns and closes *fd. */
 int casfs_blob_open(casfs_store *store, const char *hex, int *fd);
+/* Copies the blob open on fd (from casfs_blob_open) to out, hashing it on
+ * the way; -EIO if the content no longer matches hex (the bytes are then
+ * already written: the caller must treat them as bad). */
+int casfs_blob_verify_copy(casfs_store *store, const char *hex, int fd, int out);
 /* Calls fn for each stored digest, in no particular order. */
 int casfs_blob_list(casfs_store *store, casfs_name_fn fn, void *ud);
 /* Sum of the sizes of all stored blobs. */
@@ -150,6 +154,11 @@ int casfs_writer_write(casfs_writer *w, const void *buf, size_t n);
 /* Writes n bytes at offset off. */
 int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n,
 			uint64_t off);
+/* Appends everything readable from fd until end of file.  Large inputs
+ * are hashed on a second thread while they are written.  progress, if not
+ * NULL, gets the staged size now and then. */
+int casfs_writer_write_fd(casfs_writer *w, int fd,
+			  void (*progress)(uint64_t done, void *ud), void *ud);
 /* Sets the staged size (as ftruncate). */
 int casfs_writer_truncate(casfs_writer *w, uint64_t size);
 /* Current staged size. */
