@@ -1,0 +1,574 @@
+/*
+ * test_core.c — every operation of libcasfs and its error paths, on a
+ * scratch root: names, stores, blobs, writers, labels, journal, gc, fsck,
+ * stats.
+ */
+#include "tap.h"
+
+#include <pthread.h>
+#include <sys/wait.h>
+
+static char *root_path;
+static casfs_root *root;
+
+static const char *sha256_hello = /* sha256("hello\n") */
+	"5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+static const char *sha1_hello = /* sha1("hello\n") */
+	"f572d396fae9206628714fb2ce00f72e94f2258f";
+
+static void path_of(char *out, size_t n, const char *store, const char *rel)
+{
+	snprintf(out, n, "%s/%s/%s", root_path, store, rel);
+}
+
+static int count_cb(const char *name, void *ud)
+{
+	(void)name;
+	(*(int *)ud)++;
+	return 0;
+}
+
+static int journal_grep_cb(const char *line, void *ud)
+{
+	const char **needles = ud;
+	for (int i = 0; needles[i]; i++)
+		if (!strstr(line, needles[i]))
+			return 0;
+	return 1; /* found: stop */
+}
+
+/* 1 if some journal line contains every needle. */
+static int journal_has(casfs_store *s, const char *a, const char *b, const char *c)
+{
+	const char *needles[] = { a, b, c, NULL };
+	if (!b)
+		needles[1] = NULL;
+	else if (!c)
+		needles[2] = NULL;
+	return casfs_journal_read(s, journal_grep_cb, needles) == 1;
+}
+
+static void test_names(void)
+{
+	IS(casfs_id_check("abc"), 0, "plain id ok");
+	IS(casfs_id_check("0b8e5f1c-2c1a-4c55-9f0e-123456789abc"), 0, "uuid id ok");
+	IS(casfs_id_check(""), -EINVAL, "empty id refused");
+	IS(casfs_id_check("."), -EINVAL, "'.' refused");
+	IS(casfs_id_check(".."), -EINVAL, "'..' refused");
+	IS(casfs_id_check(".hidden"), -EINVAL, "leading dot refused");
+	IS(casfs_id_check("a/b"), -EINVAL, "slash refused");
+	char longid[300];
+	memset(longid, 'x', 256);
+	longid[256] = '\0';
+	IS(casfs_id_check(longid), -ENAMETOOLONG, "256-byte id refused");
+	longid[255] = '\0';
+	IS(casfs_id_check(longid), 0, "255-byte id ok");
+
+	IS(casfs_label_check("a"), 0, "label ok");
+	IS(casfs_label_check("a/b/c"), 0, "nested label ok");
+	IS(casfs_label_check(".x"), 0, "dot-file label ok");
+	IS(casfs_label_check(""), -EINVAL, "empty label refused");
+	IS(casfs_label_check("a//b"), -EINVAL, "empty component refused");
+	IS(casfs_label_check("/a"), -EINVAL, "leading slash refused");
+	IS(casfs_label_check("a/"), -EINVAL, "trailing slash refused");
+	IS(casfs_label_check("../x"), -EINVAL, "'..' component refused");
+	IS(casfs_label_check("a/./b"), -EINVAL, "'.' component refused");
+	char comp[300];
+	memset(comp, 'c', 256);
+	comp[256] = '\0';
+	IS(casfs_label_check(comp), -ENAMETOOLONG, "256-byte component refused");
+	static char big[5000];
+	for (int i = 0; i < 4096; i++)
+		big[i] = (i % 100 == 99) ? '/' : 'b';
+	big[4096] = '\0';
+	IS(casfs_label_check(big), -ENAMETOOLONG, "4096-byte label refused");
+	big[4095] = '\0';
+	IS(casfs_label_check(big), 0, "4095-byte label ok");
+
+	IS(casfs_digest_check(CASFS_SHA256, sha256_hello), 0, "sha256 digest ok");
+	IS(casfs_digest_check(CASFS_SHA1, sha1_hello), 0, "sha1 digest ok");
+	IS(casfs_digest_check(CASFS_SHA256, sha1_hello), -EINVAL, "sha1 digest refused in sha256 store");
+	char upper[65];
+	strcpy(upper, sha256_hello);
+	upper[0] = 'A';
+	upper[1] = 'B';
+	IS(casfs_digest_check(CASFS_SHA256, upper), -EINVAL, "upper-case digest refused");
+	IS(casfs_digest_check(CASFS_SHA256, "zz"), -EINVAL, "short digest refused");
+	OK(strstr(casfs_error_last(), "digest") != NULL, "error message names the digest");
+	casfs_algo a;
+	IS(casfs_algo_parse(&a, "md5"), -EINVAL, "unknown algorithm refused");
+}
+
+static void test_stores(void)
+{
+	char id[CASFS_ID_MAX + 1];
+	IS(casfs_store_create(root, NULL, CASFS_SHA256, id, sizeof(id)), 0, "create store with fresh uuid");
+	IS(strlen(id), 36, "uuid id is 36 characters");
+	IS(casfs_store_create(root, "named", CASFS_SHA1, id, sizeof(id)), 0, "create named sha1 store");
+	STR_IS(id, "named", "given id used");
+	IS(casfs_store_create(root, "named", CASFS_SHA256, NULL, 0), -EEXIST, "existing store refused");
+	IS(casfs_store_create(root, "../evil", CASFS_SHA256, NULL, 0), -EINVAL, "bad id refused");
+	int n = 0;
+	IS(casfs_store_list(root, count_cb, &n), 0, "list stores");
+	IS(n, 2, "two stores listed");
+
+	casfs_store *s;
+	IS(casfs_store_open(&s, root, "named"), 0, "open store");
+	IS(casfs_store_algo(s), CASFS_SHA1, "algorithm recorded in .casfs");
+	char cfg[4096], p[4096];
+	path_of(p, sizeof(p), "named", ".casfs/config");
+	OK(read_file(p, cfg, sizeof(cfg)) > 0 && strstr(cfg, "algo=sha1"), "config says sha1");
+	casfs_store_free(s);
+	IS(casfs_store_open(&s, root, "nope"), -ENOENT, "absent store is ENOENT");
+	OK(strstr(casfs_error_last(), "nope") != NULL, "message names the store");
+
+	/* Remove: empty yes, non-empty no. */
+	IS(casfs_store_create(root, "tmp", CASFS_SHA256, NULL, 0), 0, "create tmp store");
+	IS(casfs_store_open(&s, root, "tmp"), 0, "open tmp");
+	char hex[CASFS_HEX_MAX];
+	IS(casfs_blob_put(s, "x", 1, hex), 0, "put into tmp");
+	IS(casfs_store_remove(root, "tmp"), -ENOTEMPTY, "non-empty store not removed");
+	casfs_gc_opts go = { .grace_seconds = 0 };
+	IS(casfs_gc(s, &go, NULL), 0, "gc empties tmp");
+	casfs_store_free(s);
+	IS(casfs_store_remove(root, "tmp"), 0, "empty store removed");
+	IS(casfs_store_open(&s, root, "tmp"), -ENOENT, "removed store is gone");
+
+	/* No debris of creation in the root. */
+	n = 0;
+	casfs_store_list(root, count_cb, &n);
+	IS(n, 2, "still two stores");
+	IS(count_entries(root_path), count_entries(root_path), "root listing stable");
+}
+
+static void test_blobs(casfs_store *s)
+{
+	char hex[CASFS_HEX_MAX], p[4096], buf[256];
+	IS(casfs_blob_put(s, "hello\n", 6, hex), 0, "put new blob returns 0");
+	STR_IS(hex, sha256_hello, "digest is sha256 of content");
+	IS(casfs_blob_put(s, "hello\n", 6, hex), 1, "put same content returns 1 (dedup)");
+	IS(casfs_blob_exists(s, sha256_hello), 1, "exists");
+	IS(casfs_blob_exists(s, "0000000000000000000000000000000000000000000000000000000000000000"), 0,
+	   "absent digest does not exist");
+	IS(casfs_blob_exists(s, "nothex"), -EINVAL, "bad digest is EINVAL");
+	path_of(p, sizeof(p), casfs_store_id(s), "data/");
+	strcat(p, sha256_hello);
+	struct stat sb;
+	OK(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0444, "blob file is 0444");
+	OK(read_file(p, buf, sizeof(buf)) == 6 && !strcmp(buf, "hello\n"), "blob file holds raw content");
+
+	uint64_t size = 0;
+	IS(casfs_blob_size(s, sha256_hello, &size), 0, "size of blob");
+	IS(size, 6, "size is 6");
+	int fd = -1;
+	IS(casfs_blob_open(s, sha256_hello, &fd), 0, "open blob");
+	OK(fd >= 0 && read(fd, buf, sizeof(buf)) == 6 && !memcmp(buf, "hello\n", 6), "read blob via fd");
+	if (fd >= 0)
+		close(fd);
+	IS(casfs_blob_open(s, "0000000000000000000000000000000000000000000000000000000000000000", &fd),
+	   -ENOENT, "open absent blob is ENOENT");
+
+	/* Freshening: an old blob stored again gets a new mtime. */
+	struct timespec old[2] = { { 1000, 0 }, { 1000, 0 } };
+	utimensat(AT_FDCWD, p, old, 0);
+	IS(casfs_blob_put(s, "hello\n", 6, hex), 1, "store again");
+	OK(stat(p, &sb) == 0 && sb.st_mtime > 100000, "storing again freshened the blob");
+
+	/* put_fd from a pipe, with a large input for the hashing thread. */
+	size_t big = (5u << 20) + 12345;
+	unsigned char *data = malloc(big);
+	for (size_t i = 0; i < big; i++)
+		data[i] = (unsigned char)(i * 2654435761u >> 13);
+	char want[CASFS_HEX_MAX];
+	{
+		/* Reference digest through a plain writer in small steps. */
+		casfs_writer *w;
+		IS(casfs_writer_open(&w, s), 0, "writer open");
+		for (size_t off = 0; off < big; off += 4000)
+			casfs_writer_write(w, data + off, big - off < 4000 ? big - off : 4000);
+		IS(casfs_writer_size(w), big, "writer size");
+		IS(casfs_writer_commit(w, want), 0, "writer commit new");
+		casfs_writer_free(w);
+	}
+	int pfd[2];
+	OK(pipe(pfd) == 0, "pipe");
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		for (size_t off = 0; off < big;) {
+			ssize_t w = write(pfd[1], data + off, big - off < 70000 ? big - off : 70000);
+			if (w <= 0)
+				_exit(1);
+			off += (size_t)w;
+		}
+		_exit(0);
+	}
+	close(pfd[1]);
+	IS(casfs_blob_put_fd(s, pfd[0], hex, NULL, NULL), 1, "put_fd of existing content returns 1");
+	close(pfd[0]);
+	waitpid(pid, NULL, 0);
+	STR_IS(hex, want, "pipelined put_fd digest matches writer digest");
+	IS(casfs_blob_size(s, hex, &size), 0, "size of big blob");
+	IS(size, big, "big blob size");
+	free(data);
+
+	/* Empty content. */
+	IS(casfs_blob_put(s, "", 0, hex), 0, "put empty blob");
+	STR_IS(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty digest");
+
+	int n = 0;
+	IS(casfs_blob_list(s, count_cb, &n), 0, "list blobs");
+	IS(n, 3, "three blobs listed");
+	uint64_t total = 0;
+	IS(casfs_store_total_size(s, &total), 0, "total size");
+	IS(total, 6 + big, "total size adds up");
+
+	/* A stray file in data/ is not listed as content. */
+	path_of(p, sizeof(p), casfs_store_id(s), "data/not-a-digest");
+	write_file(p, "x", 1);
+	n = 0;
+	casfs_blob_list(s, count_cb, &n);
+	IS(n, 3, "stray file not listed");
+	unlink(p);
+	OK(journal_has(s, "\"op\":\"store\"", sha256_hello, "\"outcome\":\"ok\""), "journal records store");
+}
+
+static void test_writer(casfs_store *s)
+{
+	casfs_writer *w;
+	char hex[CASFS_HEX_MAX], ref[CASFS_HEX_MAX];
+	IS(casfs_writer_open(&w, s), 0, "writer open");
+	casfs_writer_write(w, "hello world", 11);
+	IS(casfs_writer_pwrite(w, "HELLO", 5, 0), 0, "pwrite over the start");
+	IS(casfs_writer_truncate(w, 8), 0, "truncate");
+	char back[32] = "";
+	OK(pread(casfs_writer_fd(w), back, sizeof(back), 0) == 8 && !memcmp(back, "HELLO wo", 8),
+	   "read back staged content");
+	IS(casfs_writer_commit(w, hex), 0, "commit after random writes");
+	casfs_blob_put(s, "HELLO wo", 8, ref);
+	STR_IS(hex, ref, "random-write digest recomputed at commit");
+	/* Writer keeps going: new version from the committed content. */
+	IS(casfs_writer_write(w, "rld", 3), 0, "write after commit");
+	IS(casfs_writer_commit(w, hex), 0, "second commit");
+	casfs_blob_put(s, "HELLO world", 11, ref);
+	STR_IS(hex, ref, "second version = committed content + appended bytes");
+	IS(casfs_writer_commit(w, hex), 1, "commit with nothing new returns 1");
+	casfs_writer_free(w);
+
+	/* An abandoned writer leaves nothing behind. */
+	char p[4096];
+	path_of(p, sizeof(p), casfs_store_id(s), ".casfs/staging");
+	IS(casfs_writer_open(&w, s), 0, "writer open");
+	casfs_writer_write(w, "abandoned", 9);
+	OK(count_entries(p) == 1, "staging file exists while writing");
+	casfs_writer_free(w);
+	IS(count_entries(p), 0, "abandoned writer's staging file removed");
+
+	/* commit_many */
+	casfs_writer *ws[20];
+	char hexes[20][CASFS_HEX_MAX];
+	int rets[20];
+	for (int i = 0; i < 20; i++) {
+		char c[32];
+		int len = snprintf(c, sizeof(c), "many-%d", i);
+		casfs_writer_open(&ws[i], s);
+		casfs_writer_write(ws[i], c, (size_t)len);
+	}
+	IS(casfs_writer_commit_many(ws, 20, hexes, rets), 0, "commit_many");
+	int good = 0;
+	for (int i = 0; i < 20; i++) {
+		char c[32];
+		int len = snprintf(c, sizeof(c), "many-%d", i);
+		casfs_blob_put(s, c, (size_t)len, ref);
+		good += rets[i] == 0 && !strcmp(hexes[i], ref) && casfs_blob_exists(s, ref) == 1;
+		casfs_writer_free(ws[i]);
+	}
+	IS(good, 20, "every batch member stored with the right digest");
+	IS(count_entries(p), 0, "no staging left after commit_many");
+}
+
+static void test_labels(casfs_store *s)
+{
+	char hex[CASFS_HEX_MAX], old[CASFS_HEX_MAX], a[CASFS_HEX_MAX], b[CASFS_HEX_MAX], p[4096], buf[256];
+	const char *absent = "1111111111111111111111111111111111111111111111111111111111111111";
+	casfs_blob_put(s, "content a", 9, a);
+	casfs_blob_put(s, "content b", 9, b);
+	IS(casfs_label_set(s, "x", a, NULL, old), 0, "set label");
+	STR_IS(old, "", "no previous digest");
+	IS(casfs_label_get(s, "x", hex), 0, "get label");
+	STR_IS(hex, a, "label points at a");
+	path_of(p, sizeof(p), casfs_store_id(s), "labels/x");
+	OK(read_file(p, buf, sizeof(buf)) == 64 && !strcmp(buf, a), "label file is the digest, no newline");
+
+	IS(casfs_label_set(s, "y", absent, NULL, NULL), -ENOENT, "label to absent blob refused");
+	IS(casfs_label_get(s, "y", hex), -ENOENT, "refused label not created");
+	IS(casfs_label_set(s, "../y", a, NULL, NULL), -EINVAL, "bad label name refused");
+	IS(casfs_label_set(s, "y", "ABC", NULL, NULL), -EINVAL, "bad digest refused");
+	OK(journal_has(s, "\"label\":\"y\"", "\"outcome\":\"error\"", "ENOENT"), "journal records the failure");
+
+	/* compare-and-swap */
+	IS(casfs_label_set(s, "x", b, b, NULL), -ESTALE, "CAS with wrong expectation fails");
+	IS(casfs_label_get(s, "x", hex), 0, "get after failed CAS");
+	STR_IS(hex, a, "failed CAS changed nothing");
+	IS(casfs_label_set(s, "x", b, a, old), 0, "CAS with right expectation");
+	STR_IS(old, a, "old digest reported");
+	OK(journal_has(s, "\"label\":\"x\"", b, a), "journal has old and new digest");
+	IS(casfs_label_set(s, "x", a, "", NULL), -EEXIST, "create-only on existing label fails");
+	IS(casfs_label_set(s, "new", a, "", NULL), 0, "create-only on new label");
+	IS(casfs_label_set(s, "nolabel", a, CASFS_LABEL_EXISTS, NULL), -ENOENT, "replace needs existing label");
+	IS(casfs_label_remove(s, "x", a, NULL), -ESTALE, "remove-from-label with wrong digest fails");
+	IS(casfs_label_get(s, "x", hex), 0, "label survives");
+	IS(casfs_label_remove(s, "x", b, old), 0, "remove-from-label with right digest");
+	STR_IS(old, b, "removed digest reported");
+	IS(casfs_label_get(s, "x", hex), -ENOENT, "label gone");
+	IS(casfs_label_remove(s, "x", NULL, NULL), -ENOENT, "remove absent label is ENOENT");
+
+	/* Nested labels, rename, list. */
+	IS(casfs_label_set(s, "dir/sub/leaf", a, NULL, NULL), 0, "nested label");
+	IS(casfs_label_get(s, "dir/sub/leaf", hex), 0, "get nested");
+	IS(casfs_label_set(s, "dir", a, NULL, NULL), -EISDIR, "label over a label directory refused");
+	IS(casfs_label_set(s, "new/x", a, NULL, NULL), -ENOTDIR, "label under a label file refused");
+	IS(casfs_label_rename(s, "dir/sub/leaf", "moved"), 0, "rename label");
+	IS(casfs_label_get(s, "moved", hex), 0, "renamed label readable");
+	IS(casfs_label_get(s, "dir/sub/leaf", hex), -ENOENT, "old name gone");
+	IS(casfs_label_rename(s, "ghost", "z"), -ENOENT, "rename of absent label");
+	int n = 0;
+	IS(casfs_label_list(s, count_cb, &n), 0, "list labels");
+	IS(n, 2, "two labels (new, moved)");
+
+	/* Theater rules when reading: trailing whitespace ok, empty = none. */
+	path_of(p, sizeof(p), casfs_store_id(s), "labels/ws");
+	char withnl[80];
+	snprintf(withnl, sizeof(withnl), "%s \n", a);
+	write_file(p, withnl, strlen(withnl));
+	IS(casfs_label_get(s, "ws", hex), 0, "label with trailing whitespace read");
+	STR_IS(hex, a, "trimmed digest");
+	path_of(p, sizeof(p), casfs_store_id(s), "labels/empty");
+	write_file(p, "", 0);
+	IS(casfs_label_get(s, "empty", hex), -ENOENT, "empty label file is no label");
+	n = 0;
+	casfs_label_list(s, count_cb, &n);
+	IS(n, 3, "empty label not listed");
+	path_of(p, sizeof(p), casfs_store_id(s), "labels/garbage");
+	write_file(p, "not a digest", 12);
+	IS(casfs_label_get(s, "garbage", hex), -EINVAL, "garbage label is EINVAL");
+	static char huge[100000];
+	memset(huge, 'a', sizeof(huge));
+	path_of(p, sizeof(p), casfs_store_id(s), "labels/huge");
+	write_file(p, huge, sizeof(huge));
+	IS(casfs_label_get(s, "huge", hex), -EFBIG, "huge label file is an error for that label only");
+	IS(casfs_label_get(s, "moved", hex), 0, "other labels unaffected");
+	IS(casfs_label_set(s, "garbage", a, NULL, NULL), 0, "garbage label can be overwritten");
+	unlink(p);
+
+	/* store-at-label through a pipe */
+	int pfd[2];
+	OK(pipe(pfd) == 0, "pipe");
+	OK(write(pfd[1], "piped", 5) == 5, "write to pipe");
+	close(pfd[1]);
+	IS(casfs_label_put_fd(s, "piped", pfd[0], NULL, hex, NULL, NULL), 0, "store-at-label from fd");
+	close(pfd[0]);
+	char want[CASFS_HEX_MAX];
+	casfs_blob_put(s, "piped", 5, want);
+	STR_IS(hex, want, "store-at-label digest");
+	IS(casfs_label_get(s, "piped", old), 0, "label set by store-at-label");
+	STR_IS(old, want, "label points at stored content");
+}
+
+static void test_gc_fsck_stats(void)
+{
+	casfs_store *s;
+	char a[CASFS_HEX_MAX], b[CASFS_HEX_MAX], c[CASFS_HEX_MAX], p[4096];
+	casfs_store_create(root, "gc", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "gc"), 0, "open gc store");
+	casfs_blob_put(s, "keep", 4, a);
+	casfs_blob_put(s, "drop", 4, b);
+	casfs_blob_put(s, "young", 5, c);
+	casfs_label_set(s, "k", a, NULL, NULL);
+	casfs_label_set(s, "k2", a, NULL, NULL);
+	/* Age everything but c. */
+	struct timespec old[2] = { { 1000, 0 }, { 1000, 0 } };
+	path_of(p, sizeof(p), "gc", "data/");
+	strcat(p, a);
+	utimensat(AT_FDCWD, p, old, 0);
+	path_of(p, sizeof(p), "gc", "data/");
+	strcat(p, b);
+	utimensat(AT_FDCWD, p, old, 0);
+
+	casfs_stats st;
+	IS(casfs_store_stats(s, &st), 0, "stats");
+	IS(st.blobs, 3, "stats: blobs");
+	IS(st.labels, 2, "stats: labels");
+	IS(st.bytes, 13, "stats: bytes");
+	IS(st.bytes_saved, 4, "stats: two labels on one blob save its size once");
+
+	casfs_gc_opts go = { .grace_seconds = 3600, .dry_run = 1 };
+	casfs_gc_result r;
+	IS(casfs_gc(s, &go, &r), 0, "gc dry run");
+	IS(r.blobs_removed, 1, "dry run would remove one");
+	IS(casfs_blob_exists(s, b), 1, "dry run removed nothing");
+	go.dry_run = 0;
+	IS(casfs_gc(s, &go, &r), 0, "gc");
+	IS(r.blobs_removed, 1, "gc removed one blob");
+	IS(r.blobs_kept_young, 1, "gc kept the young one");
+	IS(casfs_blob_exists(s, b), 0, "old unlabelled blob gone");
+	IS(casfs_blob_exists(s, a), 1, "labelled blob kept");
+	IS(casfs_blob_exists(s, c), 1, "young blob kept");
+	OK(journal_has(s, "gc-remove", b, NULL), "journal records the removal");
+
+	/* fsck: clean, then corrupted. */
+	casfs_fsck_result fr;
+	IS(casfs_fsck(s, NULL, &fr), 0, "fsck clean store");
+	IS(fr.blobs_checked, 2, "fsck checked both blobs");
+	path_of(p, sizeof(p), "gc", "data/");
+	strcat(p, a);
+	chmod(p, 0644);
+	write_file(p, "KEEP", 4);
+	IS(casfs_fsck(s, NULL, &fr), 1, "fsck finds corrupted blob");
+	IS(fr.bad_blobs, 1, "one bad blob");
+	IS(casfs_blob_exists(s, a), 1, "fsck without repair moves nothing");
+	int fd;
+	char buf[64];
+	IS(casfs_blob_open(s, a, &fd), 0, "open corrupted blob");
+	int devnull = open("/dev/null", O_WRONLY);
+	IS(casfs_blob_verify_copy(s, a, fd, devnull), -EIO, "verified copy of corrupted blob is EIO");
+	close(devnull);
+	close(fd);
+	casfs_fsck_opts fo = { .repair = 1 };
+	char h0[CASFS_HEX_MAX];
+	IS(casfs_fsck(s, &fo, &fr), 1, "fsck --repair reports damage");
+	IS(fr.bad_blobs, 1, "repair run: one bad blob");
+	IS(fr.dangling_labels, 2, "repair run: both labels on it now dangle");
+	IS(fr.repaired, 3, "blob and its two labels quarantined");
+	IS(casfs_blob_exists(s, a), 0, "bad blob no longer served");
+	IS(casfs_label_get(s, "k", h0), -ENOENT, "dangling label moved aside");
+	path_of(p, sizeof(p), "gc", ".casfs/quarantine");
+	IS(count_entries(p), 3, "blob and labels in quarantine");
+	OK(journal_has(s, "fsck-quarantine", "\"label\":\"k\"", a), "journal keeps the quarantined label's digest");
+	IS(casfs_fsck(s, NULL, &fr), 0, "store clean after repair");
+	(void)buf;
+
+	/* Debris of a dead writer: a staging file nobody holds locked. */
+	path_of(p, sizeof(p), "gc", ".casfs/staging/s.99999.deadbeef");
+	write_file(p, "partial", 7);
+	casfs_writer *live;
+	casfs_writer_open(&live, s);
+	casfs_writer_write(live, "live", 4);
+	IS(casfs_fsck(s, NULL, &fr), 0, "fsck with debris is still clean");
+	IS(fr.debris_removed, 1, "only the dead writer's file removed");
+	char h[CASFS_HEX_MAX];
+	IS(casfs_writer_commit(live, h), 0, "live writer unaffected by fsck");
+	casfs_writer_free(live);
+	casfs_store_free(s);
+}
+
+static void test_theater_open(void)
+{
+	/* A Theater store: no .casfs/, no data/, no labels/. */
+	char p[4096], buf[128];
+	snprintf(p, sizeof(p), "%s/0b8e5f1c-2c1a-4c55-9f0e-123456789abc", root_path);
+	mkdir(p, 0755);
+	casfs_store *s;
+	IS(casfs_store_open(&s, root, "0b8e5f1c-2c1a-4c55-9f0e-123456789abc"), 0, "open Theater store");
+	IS(casfs_store_algo(s), CASFS_SHA1, "Theater store is sha1");
+	int n = 0;
+	IS(casfs_label_list(s, count_cb, &n), 0, "missing labels/ lists as empty");
+	IS(casfs_blob_list(s, count_cb, &n), 0, "missing data/ lists as empty");
+	IS(n, 0, "nothing listed");
+	char hex[CASFS_HEX_MAX];
+	IS(casfs_label_put_fd(s, "l", open("/dev/null", O_RDONLY), NULL, hex, NULL, NULL), 0,
+	   "store-at-label into Theater store");
+	IS(strlen(hex), 40, "sha1 digest");
+	casfs_blob_put(s, "hello\n", 6, hex);
+	STR_IS(hex, sha1_hello, "sha1 of hello");
+	IS(casfs_label_set(s, "a/b", hex, NULL, NULL), 0, "nested label");
+	snprintf(p, sizeof(p), "%s/0b8e5f1c-2c1a-4c55-9f0e-123456789abc/labels/a/b", root_path);
+	OK(read_file(p, buf, sizeof(buf)) == 40 && !strcmp(buf, sha1_hello), "label file: 40 hex, no newline");
+	casfs_store_free(s);
+	IS(casfs_store_open(&s, root, "0b8e5f1c-2c1a-4c55-9f0e-123456789abc"), 0, "reopen");
+	IS(casfs_store_algo(s), CASFS_SHA1, "still sha1 after .casfs/ was added");
+	casfs_store_free(s);
+}
+
+struct thread_arg {
+	casfs_store *s;
+	int id, errors;
+};
+
+static void *label_thread(void *arg)
+{
+	struct thread_arg *t = arg;
+	for (int i = 0; i < 50; i++) {
+		char c[64], hex[CASFS_HEX_MAX], cur[CASFS_HEX_MAX];
+		int len = snprintf(c, sizeof(c), "thread %d round %d", t->id, i);
+		if (casfs_blob_put(t->s, c, (size_t)len, hex) < 0)
+			t->errors++;
+		/* Increment-style CAS on a shared label: retry on conflict. */
+		for (;;) {
+			int g = casfs_label_get(t->s, "shared", cur);
+			int rc = casfs_label_set(t->s, "shared", hex, g == 0 ? cur : "", NULL);
+			if (rc == 0)
+				break;
+			if (rc != -ESTALE && rc != -EEXIST && rc != -ENOENT) {
+				t->errors++;
+				break;
+			}
+		}
+	}
+	return NULL;
+}
+
+static int count_shared_changes(const char *line, void *ud)
+{
+	if (strstr(line, "\"label\":\"shared\"") && strstr(line, "\"outcome\":\"ok\""))
+		(*(int *)ud)++;
+	return 0;
+}
+
+static void test_threads(void)
+{
+	casfs_store *s;
+	casfs_store_create(root, "threads", CASFS_SHA256, NULL, 0);
+	casfs_store_open(&s, root, "threads");
+	pthread_t th[4];
+	struct thread_arg args[4];
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct thread_arg){ s, i, 0 };
+		pthread_create(&th[i], NULL, label_thread, &args[i]);
+	}
+	int errors = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		errors += args[i].errors;
+	}
+	IS(errors, 0, "four threads: no unexpected errors");
+	int changes = 0;
+	casfs_journal_read(s, count_shared_changes, &changes);
+	IS(changes, 200, "every CAS succeeded exactly once (200 label changes journaled)");
+	casfs_store_free(s);
+}
+
+int main(void)
+{
+	root_path = scratch_dir();
+	IS(casfs_root_open(&root, root_path, 0), 0, "open root");
+	casfs_root *bad;
+	IS(casfs_root_open(&bad, "/nonexistent/casfs-root", 0), -ENOENT, "missing root is ENOENT");
+	test_names();
+	test_stores();
+	casfs_store *s;
+	char id[CASFS_ID_MAX + 1];
+	casfs_store_create(root, NULL, CASFS_SHA256, id, sizeof(id));
+	IS(casfs_store_open(&s, root, id), 0, "open fresh store");
+	test_blobs(s);
+	test_writer(s);
+	test_labels(s);
+	casfs_store_free(s);
+	test_gc_fsck_stats();
+	test_theater_open();
+	test_threads();
+	casfs_root_free(root);
+	rm_rf(root_path);
+	free(root_path);
+	return tap_done();
+}
