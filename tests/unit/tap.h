@@ -56,7 +56,7 @@ static int tap_done(void)
 	return tap_failed ? 1 : 0;
 }
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+__attribute__((unused)) static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	(void)sb;
 	(void)flag;
@@ -64,13 +64,13 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 	return remove(p);
 }
 
-static void rm_rf(const char *path)
+__attribute__((unused)) static void rm_rf(const char *path)
 {
 	nftw(path, rm_one, 64, FTW_DEPTH | FTW_PHYS);
 }
 
 /* A fresh scratch directory (under $TMPDIR or /tmp); free with rm_rf. */
-static char *scratch_dir(void)
+__attribute__((unused)) static char *scratch_dir(void)
 {
 	const char *t = getenv("TMPDIR");
 	char *p;
@@ -82,7 +82,7 @@ static char *scratch_dir(void)
 }
 
 /* Writes a whole file (creating or truncating it). */
-static int write_file(const char *path, const void *buf, size_t n)
+__attribute__((unused)) static int write_file(const char *path, const void *buf, size_t n)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
@@ -93,7 +93,7 @@ static int write_file(const char *path, const void *buf, size_t n)
 }
 
 /* Reads a whole small file into buf (NUL-terminated); returns its length. */
-static ssize_t read_file(const char *path, char *buf, size_t size)
+__attribute__((unused)) static ssize_t read_file(const char *path, char *buf, size_t size)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -105,7 +105,7 @@ static ssize_t read_file(const char *path, char *buf, size_t size)
 	return n;
 }
 
-static int count_entries(const char *path)
+__attribute__((unused)) static int count_entries(const char *path)
 {
 	char cmd[4096];
 	snprintf(cmd, sizeof(cmd), "find '%s' -mindepth 1 | wc -l", path);
