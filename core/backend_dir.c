@@ -920,12 +920,17 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex)
 		casfs__errno(rc, "cannot write label '%s'", name);
 		goto out;
 	}
-	if (fchmod(st.fd, 0644) < 0 || (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
+	if ((rc = label_parent(s, name, true, &dfd, &leaf, &owned)) < 0)
+		goto out;
+	/* A new version keeps the permission bits of the one it replaces. */
+	struct stat prev;
+	mode_t mode = 0644;
+	if (fstatat(dfd, leaf, &prev, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(prev.st_mode))
+		mode = prev.st_mode & 07777;
+	if (fchmod(st.fd, mode) < 0 || (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
 		rc = casfs__errno(-errno, "cannot write label '%s'", name);
 		goto out;
 	}
-	if ((rc = label_parent(s, name, true, &dfd, &leaf, &owned)) < 0)
-		goto out;
 	if (renameat(S(s)->staging_fd, st.name, dfd, leaf) < 0) {
 		rc = -errno;
 		if (rc == -EISDIR || rc == -ENOTEMPTY || rc == -EEXIST)
@@ -1066,6 +1071,163 @@ static int dir_label_quarantine(casfs_store *s, const char *name)
 	return rc;
 }
 
+static void fill_label_info(casfs_label_info *out, const struct stat *sb)
+{
+	memset(out, 0, sizeof(*out));
+	out->is_dir = S_ISDIR(sb->st_mode);
+	out->mode = sb->st_mode & 07777;
+	out->mtime_ns = (int64_t)sb->st_mtim.tv_sec * 1000000000LL + sb->st_mtim.tv_nsec;
+	out->ctime_ns = (int64_t)sb->st_ctim.tv_sec * 1000000000LL + sb->st_ctim.tv_nsec;
+	out->uid = sb->st_uid;
+	out->gid = sb->st_gid;
+}
+
+static int dir_label_stat(casfs_store *s, const char *name, casfs_label_info *out)
+{
+	struct stat sb;
+	if (!name[0]) {
+		int lfd = labels_fd(s, false);
+		int fd = lfd >= 0 ? lfd : S(s)->fd; /* no labels/ yet: like the store */
+		if (fstat(fd, &sb) < 0)
+			return casfs__errno(-errno, "cannot stat labels/");
+		fill_label_info(out, &sb);
+		return 0;
+	}
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	if (fstatat(dfd, leaf, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+		rc = errno == ENOENT || errno == ENOTDIR ? -ENOENT : casfs__errno(-errno, "label '%s'", name);
+	else if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode))
+		rc = casfs__err(-EINVAL, "label '%s' is not a regular file", name);
+	else
+		fill_label_info(out, &sb);
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+static int dir_label_setattr(casfs_store *s, const char *name, const uint32_t *mode,
+			     const int64_t *mtime_ns)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	/* Through an fd opened without following symlinks: fchmodat would
+	 * follow one planted in labels/. */
+	int fd = openat(dfd, leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		rc = errno == ENOENT ? -ENOENT : casfs__errno(-errno, "label '%s'", name);
+	} else {
+		if (mode && fchmod(fd, *mode & 07777) < 0)
+			rc = casfs__errno(-errno, "cannot chmod label '%s'", name);
+		if (rc == 0 && mtime_ns) {
+			struct timespec ts[2] = {
+				{ .tv_nsec = UTIME_OMIT },
+				{ .tv_sec = *mtime_ns / 1000000000LL, .tv_nsec = *mtime_ns % 1000000000LL },
+			};
+			if (futimens(fd, ts) < 0)
+				rc = casfs__errno(-errno, "cannot set the time of label '%s'", name);
+		}
+		close(fd);
+	}
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+static int dir_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, true, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	if (mkdirat(dfd, leaf, mode & 07777) < 0)
+		rc = errno == EEXIST ? -EEXIST : casfs__errno(-errno, "cannot make label directory '%s'", name);
+	else
+		rc = maybe_fsync(s, dfd);
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+static int dir_label_rmdir(casfs_store *s, const char *name)
+{
+	int dfd;
+	const char *leaf;
+	bool owned;
+	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	if (rc < 0)
+		return rc;
+	if (unlinkat(dfd, leaf, AT_REMOVEDIR) < 0) {
+		rc = -errno;
+		if (rc == -EEXIST)
+			rc = -ENOTEMPTY;
+		if (rc != -ENOENT && rc != -ENOTEMPTY && rc != -ENOTDIR)
+			casfs__errno(rc, "cannot remove label directory '%s'", name);
+	} else {
+		rc = maybe_fsync(s, dfd);
+	}
+	if (owned)
+		close(dfd);
+	return rc;
+}
+
+static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
+{
+	int fd;
+	if (!dir[0]) {
+		int lfd = labels_fd(s, false);
+		if (lfd == -ENOENT)
+			return 0;
+		if (lfd < 0)
+			return lfd;
+		fd = openat(lfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	} else {
+		int dfd;
+		const char *leaf;
+		bool owned;
+		int rc = label_parent(s, dir, false, &dfd, &leaf, &owned);
+		if (rc < 0)
+			return rc;
+		fd = open_dir_at(dfd, leaf);
+		if (owned)
+			close(dfd);
+	}
+	if (fd < 0)
+		return errno == ENOENT || errno == ELOOP ? -ENOENT : -errno;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return casfs__errno(-errno, "cannot list labels");
+	}
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		int isdir = is_dir_entry(fd, e);
+		if (!isdir) {
+			struct stat sb;
+			if (fstatat(fd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(sb.st_mode) ||
+			    sb.st_size == 0)
+				continue; /* not a label (or Theater's empty "no label") */
+		}
+		if ((rc = fn(e->d_name, isdir, ud)) != 0)
+			break;
+	}
+	closedir(d);
+	return rc;
+}
+
 /* ----------------------------------------------------------------- journal */
 
 static uint64_t journal_max(void)
@@ -1186,6 +1348,11 @@ const struct casfs_backend casfs__backend_dir = {
 	.label_rename = dir_label_rename,
 	.label_list = dir_label_list,
 	.label_quarantine = dir_label_quarantine,
+	.label_stat = dir_label_stat,
+	.label_setattr = dir_label_setattr,
+	.label_mkdir = dir_label_mkdir,
+	.label_rmdir = dir_label_rmdir,
+	.label_readdir = dir_label_readdir,
 	.journal_append = dir_journal_append,
 	.journal_read = dir_journal_read,
 };

@@ -122,6 +122,15 @@ struct casfs_backend {
 	/* Every label file, empty ones included. */
 	int (*label_list)(casfs_store *s, casfs_name_fn fn, void *ud);
 	int (*label_quarantine)(casfs_store *s, const char *name);
+	/* Attributes of a label file or label directory ("" = the top);
+	 * digest is not filled in. */
+	int (*label_stat)(casfs_store *s, const char *name, casfs_label_info *out);
+	int (*label_setattr)(casfs_store *s, const char *name, const uint32_t *mode,
+			     const int64_t *mtime_ns);
+	int (*label_mkdir)(casfs_store *s, const char *name, uint32_t mode);
+	int (*label_rmdir)(casfs_store *s, const char *name);
+	/* Immediate children of a label directory ("" = the top). */
+	int (*label_readdir)(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud);
 
 	int (*journal_append)(casfs_store *s, const char *line, size_t len);
 	int (*journal_read)(casfs_store *s, casfs_name_fn fn, void *ud);

@@ -170,9 +170,12 @@ int casfs_label_rename(casfs_store *s, const char *from, const char *to)
 	int token;
 	if (rc == 0 && (rc = s->be->lock(s, &token)) == 0) {
 		rc = label_read(s, from, hex);
+		bool is_dir = rc == -EISDIR; /* a directory of labels moves whole */
+		if (is_dir)
+			rc = 0;
 		if (rc == -ENOENT)
 			rc = casfs__err(-ENOENT, "no label '%s'", from);
-		if (rc == 0)
+		if (rc == 0 && !is_dir)
 			rc = current(s, to, old);
 		if (rc == 0 && strcmp(from, to) != 0)
 			rc = s->be->label_rename(s, from, to);
@@ -272,4 +275,77 @@ int casfs_label_put_fd(casfs_store *s, const char *name, int fd, const char *exp
 		rc = casfs_label_commit(s, name, w, expect, hex_out);
 	casfs_writer_free(w);
 	return rc;
+}
+
+/* ------------------------------------------------ labels as a file tree */
+
+/* "" (the top) or a valid label name. */
+static int check_dir_name(const char *name)
+{
+	return name && !name[0] ? 0 : casfs_label_check(name);
+}
+
+int casfs_label_stat(casfs_store *s, const char *name, casfs_label_info *out)
+{
+	int rc = check_dir_name(name);
+	if (rc < 0)
+		return rc;
+	if ((rc = s->be->label_stat(s, name, out)) < 0)
+		return rc;
+	if (!out->is_dir) {
+		rc = label_read(s, name, out->digest);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int casfs_label_setattr(casfs_store *s, const char *name, const uint32_t *mode,
+			const int64_t *mtime_ns)
+{
+	int rc = check_dir_name(name);
+	if (rc < 0)
+		return rc;
+	if (!name[0])
+		return casfs__err(-EPERM, "the top label directory has fixed attributes");
+	int token;
+	if ((rc = s->be->lock(s, &token)) < 0)
+		return rc;
+	rc = s->be->label_setattr(s, name, mode, mtime_ns);
+	s->be->unlock(s, token);
+	return rc;
+}
+
+int casfs_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+{
+	int rc = casfs_label_check(name);
+	if (rc < 0)
+		return rc;
+	int token;
+	if ((rc = s->be->lock(s, &token)) < 0)
+		return rc;
+	rc = s->be->label_mkdir(s, name, mode);
+	s->be->unlock(s, token);
+	return casfs__journal_ret(s, "mkdir-label", name, NULL, NULL, rc);
+}
+
+int casfs_label_rmdir(casfs_store *s, const char *name)
+{
+	int rc = casfs_label_check(name);
+	if (rc < 0)
+		return rc;
+	int token;
+	if ((rc = s->be->lock(s, &token)) < 0)
+		return rc;
+	rc = s->be->label_rmdir(s, name);
+	s->be->unlock(s, token);
+	return casfs__journal_ret(s, "rmdir-label", name, NULL, NULL, rc);
+}
+
+int casfs_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
+{
+	int rc = check_dir_name(dir);
+	if (rc < 0)
+		return rc;
+	return s->be->label_readdir(s, dir, fn, ud);
 }

@@ -207,6 +207,31 @@ int casfs_label_rename(casfs_store *store, const char *from, const char *to);
 /* Calls fn for each label ("a/b" for nested ones), in no particular order. */
 int casfs_label_list(casfs_store *store, casfs_name_fn fn, void *ud);
 
+/* What a filesystem needs to show labels as files and directories. */
+typedef struct casfs_label_info {
+	char digest[CASFS_HEX_MAX]; /* "" for a directory (or an empty label) */
+	int is_dir;
+	uint32_t mode;              /* permission bits, kept per label */
+	int64_t mtime_ns;           /* last change (or as set by setattr) */
+	int64_t ctime_ns;
+	uint32_t uid, gid;
+} casfs_label_info;
+
+/* Attributes of a label or label directory; name "" is the top directory.
+ * -ENOENT if absent; a label file that holds no valid digest is -EINVAL. */
+int casfs_label_stat(casfs_store *store, const char *name, casfs_label_info *out);
+/* Sets the permission bits and/or the modification time of a label (NULL
+ * leaves one unchanged).  They survive later changes of the label. */
+int casfs_label_setattr(casfs_store *store, const char *name, const uint32_t *mode,
+			const int64_t *mtime_ns);
+/* Creates / removes an (empty) directory of labels. */
+int casfs_label_mkdir(casfs_store *store, const char *name, uint32_t mode);
+int casfs_label_rmdir(casfs_store *store, const char *name);
+/* Calls fn for each immediate child of a label directory ("" = top), with
+ * is_dir set for subdirectories.  Empty label files are not shown. */
+typedef int (*casfs_dirent_fn)(const char *name, int is_dir, void *ud);
+int casfs_label_readdir(casfs_store *store, const char *dir, casfs_dirent_fn fn, void *ud);
+
 /* Stores content read from fd and points a label at it, as one operation
  * that a concurrent gc cannot split.  expect as for casfs_label_set. */
 int casfs_label_put_fd(casfs_store *store, const char *name, int fd,

@@ -375,6 +375,54 @@ static void test_labels(casfs_store *s)
 	STR_IS(old, want, "label points at stored content");
 }
 
+static int dirent_cb(const char *name, int is_dir, void *ud)
+{
+	char *acc = ud;
+	strcat(acc, name);
+	strcat(acc, is_dir ? "/ " : " ");
+	return 0;
+}
+
+static void test_label_tree(void)
+{
+	casfs_store *s;
+	char a[CASFS_HEX_MAX], b[CASFS_HEX_MAX];
+	casfs_store_create(root, "tree", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "tree"), 0, "open tree store");
+	casfs_blob_put(s, "a", 1, a);
+	casfs_blob_put(s, "b", 1, b);
+	casfs_label_info li;
+	IS(casfs_label_stat(s, "", &li), 0, "stat top label dir");
+	OK(li.is_dir, "top is a directory");
+	IS(casfs_label_mkdir(s, "d", 0750), 0, "mkdir label dir");
+	IS(casfs_label_mkdir(s, "d", 0750), -EEXIST, "mkdir existing is EEXIST");
+	IS(casfs_label_stat(s, "d", &li), 0, "stat label dir");
+	OK(li.is_dir && li.mode == 0750, "label dir with its mode");
+	IS(casfs_label_set(s, "d/x", a, NULL, NULL), 0, "label in dir");
+	IS(casfs_label_stat(s, "d/x", &li), 0, "stat label");
+	OK(!li.is_dir && !strcmp(li.digest, a), "label stat gives digest");
+	uint32_t mode = 0600;
+	int64_t mt = 1000000000LL * 1234567 + 5;
+	IS(casfs_label_setattr(s, "d/x", &mode, &mt), 0, "setattr mode and mtime");
+	IS(casfs_label_stat(s, "d/x", &li), 0, "stat after setattr");
+	OK(li.mode == 0600 && li.mtime_ns == mt, "mode and mtime kept (%o %lld)", li.mode, (long long)li.mtime_ns);
+	IS(casfs_label_set(s, "d/x", b, NULL, NULL), 0, "relabel");
+	IS(casfs_label_stat(s, "d/x", &li), 0, "stat after relabel");
+	OK(li.mode == 0600 && !strcmp(li.digest, b), "new version keeps the mode");
+	IS(casfs_label_rmdir(s, "d"), -ENOTEMPTY, "rmdir non-empty");
+	IS(casfs_label_mkdir(s, "d/sub", 0755), 0, "mkdir nested");
+	char acc[256] = "";
+	IS(casfs_label_readdir(s, "d", dirent_cb, acc), 0, "readdir");
+	OK(strstr(acc, "x ") && strstr(acc, "sub/ "), "readdir shows file and dir (%s)", acc);
+	IS(casfs_label_rename(s, "d", "e"), 0, "rename a label directory");
+	IS(casfs_label_get(s, "e/x", a), 0, "label moved with its directory");
+	IS(casfs_label_rename(s, "e/x", "e/sub"), -EISDIR, "rename label onto a directory is EISDIR");
+	IS(casfs_label_rmdir(s, "e/sub"), 0, "rmdir empty");
+	IS(casfs_label_stat(s, "e/sub", &li), -ENOENT, "gone");
+	IS(casfs_label_stat(s, "nope/x", &li), -ENOENT, "stat under absent dir is ENOENT");
+	casfs_store_free(s);
+}
+
 static void test_gc_fsck_stats(void)
 {
 	casfs_store *s;
@@ -565,6 +613,7 @@ int main(void)
 	test_labels(s);
 	casfs_store_free(s);
 	test_gc_fsck_stats();
+	test_label_tree();
 	test_theater_open();
 	test_threads();
 	casfs_root_free(root);
