@@ -10,6 +10,8 @@
  */
 #include <casfs.h>
 
+#include "fs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -811,6 +813,11 @@ static const struct verb verbs[] = {
 	{ "events", "events STORE", "print the store's journal",
 	  "Prints the journal, oldest first: one JSON object per line with time, op, store,\n"
 	  "label, digest, old, outcome, errno and error, uid and pid.", v_events, 1, 1 },
+	{ "mount", "mount ROOT MOUNTPOINT [-f] [-d] [-s] [-o opt,...]", "run the filesystem",
+	  "Mounts every store of ROOT as a directory under MOUNTPOINT (see mount.casfs(8)):\n"
+	  "data/<hash> read-only blobs, labels/<name> symlinks, incoming/<name> writable\n"
+	  "files committed when closed.  -f foreground, -d debug, -s single-threaded;\n"
+	  "-o ro, allow_other, default_permissions, sync, hash=sha1.", NULL, 2, 2 },
 	{ "help", "help [VERB]", "explain the verbs", "Without VERB, lists the verbs.", v_help, 0, 1 },
 };
 
@@ -888,9 +895,19 @@ static int parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
+static int run(int argc, char **argv, struct opts *op);
+
 int main(int argc, char **argv)
 {
 	struct opts o = { .grace = 3600 };
+	int rc = run(argc, argv, &o);
+	free(o.args);
+	return rc;
+}
+
+static int run(int argc, char **argv, struct opts *op)
+{
+	struct opts o = *op;
 	char *root_alloc = NULL;
 	int i = 1;
 	/* Global options before the verb. */
@@ -915,11 +932,15 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		return usage_error("no verb given");
+	if (!strcmp(argv[i], "mount")) {
+		/* The filesystem has its own options (-f, -d, -o ...). */
+		return casfs_fs_main(argc - i, argv + i);
+	}
 	const struct verb *v = find_verb(argv[i]);
 	if (!v)
 		return usage_error("unknown verb '%s'", argv[i]);
 	current_verb = v;
-	o.args = calloc((size_t)argc, sizeof(*o.args));
+	o.args = op->args = calloc((size_t)argc, sizeof(*o.args));
 	if (!o.args)
 		return fail("out of memory");
 	bool only_args = false;
@@ -1003,6 +1024,5 @@ int main(int argc, char **argv)
 	if (fflush(stdout) != 0 && rc == 0)
 		rc = fail("writing to stdout: %s", strerror(errno));
 	free(root_alloc);
-	free(o.args);
 	return rc;
 }

@@ -1018,10 +1018,12 @@ static int walk_labels(struct walk *w, int dirfd, size_t plen, int depth)
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 			continue;
 		size_t n = strlen(e->d_name);
-		if (plen + n + 1 > CASFS_LABEL_MAX)
-			continue; /* not a valid label name: fsck reports nothing we cannot name */
+		if (plen + n > CASFS_LABEL_MAX)
+			continue; /* no valid label name can be this long */
 		memcpy(w->path + plen, e->d_name, n + 1);
 		if (is_dir_entry(dirfd, e)) {
+			if (plen + n + 2 > CASFS_LABEL_MAX)
+				continue; /* nothing inside could have a valid name */
 			int sub = open_dir_at(dirfd, e->d_name);
 			if (sub < 0)
 				continue;

@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -66,8 +67,15 @@ int casfs__journal(casfs_store *s, const struct casfs_event *ev)
 {
 	char saved[512];
 	snprintf(saved, sizeof(saved), "%s", casfs_error_last());
-	char line[12288];
-	struct buf b = { line, 0, sizeof(line) - 2, false };
+	/* Room for every field escaped at its worst (6 bytes a byte). */
+	size_t cap = 1024 + strlen(saved) * 6 + strlen(s->id) * 6;
+	const char *fields[] = { ev->op, ev->label, ev->from, ev->digest, ev->old };
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+		cap += fields[i] ? strlen(fields[i]) * 6 + 16 : 0;
+	char *line = malloc(cap);
+	if (!line)
+		return -ENOMEM;
+	struct buf b = { line, 0, cap - 2, false };
 	struct timespec ts;
 	struct tm tm;
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -94,10 +102,12 @@ int casfs__journal(casfs_store *s, const struct casfs_event *ev)
 	char tail[64];
 	snprintf(tail, sizeof(tail), ",\"uid\":%ld,\"pid\":%ld}", uid, pid);
 	puts_(&b, tail);
-	if (b.overflow)
-		return -ENAMETOOLONG; /* cannot happen with valid names */
-	line[b.len++] = '\n';
-	int rc = s->be->journal_append(s, line, b.len);
+	int rc = -ENAMETOOLONG; /* cannot happen: cap covers the worst case */
+	if (!b.overflow) {
+		line[b.len++] = '\n';
+		rc = s->be->journal_append(s, line, b.len);
+	}
+	free(line);
 	/* Leave the caller's error message as it was. */
 	casfs__err(0, "%s", saved);
 	return rc;

@@ -193,6 +193,17 @@ int casfs_blob_size(casfs_store *s, const char *hex, uint64_t *size)
 	return rc;
 }
 
+int casfs_blob_stat(casfs_store *s, const char *hex, uint64_t *size, int64_t *mtime_ns)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	rc = s->be->blob_stat(s, hex, size, mtime_ns);
+	if (rc == -ENOENT)
+		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
+	return rc;
+}
+
 int casfs_blob_open(casfs_store *s, const char *hex, int *fd)
 {
 	int rc = casfs_digest_check(s->algo, hex);
@@ -316,6 +327,29 @@ int casfs_writer_open(casfs_writer **out, casfs_store *s)
 		free(w);
 		return rc;
 	}
+	*out = w;
+	return 0;
+}
+
+int casfs_writer_open_from(casfs_writer **out, casfs_store *s, const char *hex)
+{
+	*out = NULL;
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	if ((rc = s->be->blob_stat(s, hex, NULL, NULL)) < 0)
+		return rc == -ENOENT ? casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id) : rc;
+	casfs_writer *w = calloc(1, sizeof(*w));
+	if (!w)
+		return casfs__err(-ENOMEM, "out of memory");
+	w->s = s;
+	w->st.fd = -1; /* staged lazily by writer_restage() on the first change */
+	w->h = casfs__hash_new(s->algo);
+	if (!w->h) {
+		free(w);
+		return casfs__err(-ENOMEM, "cannot set up hashing");
+	}
+	strcpy(w->committed, hex);
 	*out = w;
 	return 0;
 }

@@ -132,6 +132,8 @@ int casfs_blob_put_fd(casfs_store *store, int fd, char hex_out[CASFS_HEX_MAX],
 int casfs_blob_exists(casfs_store *store, const char *hex);
 /* Size of a stored blob; -ENOENT if absent. */
 int casfs_blob_size(casfs_store *store, const char *hex, uint64_t *size);
+/* Size and modification time (freshened when stored again) of a blob. */
+int casfs_blob_stat(casfs_store *store, const char *hex, uint64_t *size, int64_t *mtime_ns);
 /* Opens a stored blob for reading; the caller owns and closes *fd. */
 int casfs_blob_open(casfs_store *store, const char *hex, int *fd);
 /* Copies the blob open on fd (from casfs_blob_open) to out, hashing it on
@@ -149,6 +151,9 @@ int casfs_store_total_size(casfs_store *store, uint64_t *bytes);
  * commit never reads them again.  Writes at other offsets (pwrite) and
  * truncation are allowed; the digest is then recomputed at commit. */
 int casfs_writer_open(casfs_writer **out, casfs_store *store);
+/* A writer whose first version starts as a copy of the stored blob hex
+ * (copied on the first change; committing with no change gives hex). */
+int casfs_writer_open_from(casfs_writer **out, casfs_store *store, const char *hex);
 /* Appends n bytes. */
 int casfs_writer_write(casfs_writer *w, const void *buf, size_t n);
 /* Writes n bytes at offset off. */
