@@ -1,0 +1,90 @@
+/*
+ * fsint.h — what the files of the FUSE daemon share.
+ *
+ *   main.c     options, session set-up, the loop, teardown
+ *   nodes.c    inode table and open stores
+ *   ops.c      request handlers, grouped by the kind of directory they
+ *              serve: root, store, data/, labels/, incoming/
+ */
+#ifndef CASFS_FSINT_H
+#define CASFS_FSINT_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+
+#include <casfs.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <syslog.h>
+
+enum kind {
+	K_ROOT,  /* the mountpoint: one directory per store */
+	K_STORE, /* <store>/: data, labels, incoming */
+	K_DATA,  /* <store>/data/ */
+	K_BLOB,  /* <store>/data/<hash> */
+	K_LDIR,  /* <store>/labels/ ("" name) and its subdirectories */
+	K_LINK,  /* <store>/labels/<name>: a symlink to ../data/<hash> */
+	K_IDIR,  /* <store>/incoming/ ("" name) and its subdirectories */
+	K_IFILE, /* <store>/incoming/<name>: the label as a writable file */
+};
+
+struct fstore {
+	char id[CASFS_ID_MAX + 1];
+	casfs_store *s;
+	int refs;
+	bool dead;
+	struct fstore *next;
+};
+
+struct version;
+
+struct node {
+	fuse_ino_t ino;
+	enum kind kind;
+	struct fstore *st;
+	char *name;            /* hash, or label path ("" = top) */
+	uint64_t nlookup;      /* the kernel's references */
+	uint64_t pins;         /* ours: open versions */
+	struct version *cur;   /* K_IFILE: the version new handles share */
+	struct node *next_ino, *next_key;
+};
+
+struct fs_config {
+	casfs_root *root;
+	char *root_path;
+	casfs_algo new_algo;   /* for mkdir of a store */
+	bool read_only;
+	bool sync;
+	bool foreground;
+	bool debug;
+	struct fuse_session *se;
+	uid_t uid;
+	gid_t gid;
+};
+
+extern struct fs_config fs;
+
+void fs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+struct node *node_get(fuse_ino_t ino);
+/* Finds or makes the node and counts one kernel lookup on it. */
+struct node *node_lookup(enum kind k, struct fstore *st, const char *name);
+void node_forget(fuse_ino_t ino, uint64_t n);
+void node_pin(struct node *x);
+void node_unpin(struct node *x);
+/* A copy of the node's current name (it changes on rename); free it. */
+char *node_name(struct node *x);
+void node_renamed(struct fstore *st, bool incoming_side, const char *from, const char *to);
+
+int fstore_get(const char *id, struct fstore **out);
+void fstore_ref(struct fstore *st);
+void fstore_unref(struct fstore *st);
+void fstore_mark_dead(const char *id);
+void fstore_close_all(void);
+
+extern const struct fuse_lowlevel_ops casfs_fs_ops;
+
+#endif

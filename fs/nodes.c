@@ -1,0 +1,314 @@
+/*
+ * nodes.c — the daemon's inode table and its cache of open stores.
+ *
+ * A node is one thing the kernel knows by inode number: the root, a store,
+ * data/, a blob, a label directory, a label (as a symlink in labels/ or a
+ * file in incoming/).  Nodes are keyed by (kind, store, name) so the same
+ * thing always has the same inode number while the kernel remembers it;
+ * the kernel's lookup count (nlookup) and our own pins decide when a node
+ * is freed.
+ */
+#include "fsint.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_mutex_t tbl_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct node **by_ino, **by_key;
+static size_t nbuckets, nnodes;
+static uint64_t next_ino = 2;
+static struct node root_node = { .ino = FUSE_ROOT_ID, .kind = K_ROOT, .name = "" };
+
+static struct fstore *stores;
+static pthread_mutex_t stores_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t hash_key(enum kind k, const struct fstore *st, const char *name)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)k ^ ((uint64_t)(uintptr_t)st << 7);
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
+static void table_grow(void)
+{
+	size_t n = nbuckets ? nbuckets * 2 : 4096;
+	struct node **bi = calloc(n, sizeof(*bi)), **bk = calloc(n, sizeof(*bk));
+	if (!bi || !bk) {
+		free(bi);
+		free(bk);
+		return; /* keep the old, longer chains */
+	}
+	for (size_t i = 0; i < nbuckets; i++) {
+		for (struct node *x = by_ino[i], *nx; x; x = nx) {
+			nx = x->next_ino;
+			x->next_ino = bi[x->ino % n];
+			bi[x->ino % n] = x;
+		}
+		for (struct node *x = by_key[i], *nx; x; x = nx) {
+			nx = x->next_key;
+			size_t b = hash_key(x->kind, x->st, x->name) % n;
+			x->next_key = bk[b];
+			bk[b] = x;
+		}
+	}
+	free(by_ino);
+	free(by_key);
+	by_ino = bi;
+	by_key = bk;
+	nbuckets = n;
+}
+
+static void unlink_key(struct node *x)
+{
+	struct node **pp = &by_key[hash_key(x->kind, x->st, x->name) % nbuckets];
+	while (*pp && *pp != x)
+		pp = &(*pp)->next_key;
+	if (*pp)
+		*pp = x->next_key;
+}
+
+static void unlink_ino(struct node *x)
+{
+	struct node **pp = &by_ino[x->ino % nbuckets];
+	while (*pp && *pp != x)
+		pp = &(*pp)->next_ino;
+	if (*pp)
+		*pp = x->next_ino;
+}
+
+struct node *node_get(fuse_ino_t ino)
+{
+	if (ino == FUSE_ROOT_ID)
+		return &root_node;
+	pthread_mutex_lock(&tbl_mu);
+	struct node *x = nbuckets ? by_ino[ino % nbuckets] : NULL;
+	while (x && x->ino != ino)
+		x = x->next_ino;
+	pthread_mutex_unlock(&tbl_mu);
+	return x;
+}
+
+struct node *node_lookup(enum kind k, struct fstore *st, const char *name)
+{
+	pthread_mutex_lock(&tbl_mu);
+	if (!nbuckets || nnodes > nbuckets)
+		table_grow();
+	if (!nbuckets) {
+		pthread_mutex_unlock(&tbl_mu);
+		return NULL;
+	}
+	size_t b = hash_key(k, st, name) % nbuckets;
+	struct node *x = by_key[b];
+	while (x && !(x->kind == k && x->st == st && strcmp(x->name, name) == 0))
+		x = x->next_key;
+	if (!x) {
+		x = calloc(1, sizeof(*x));
+		char *nm = strdup(name);
+		if (!x || !nm) {
+			free(x);
+			free(nm);
+			pthread_mutex_unlock(&tbl_mu);
+			return NULL;
+		}
+		x->ino = next_ino++;
+		x->kind = k;
+		x->st = st;
+		x->name = nm;
+		if (st)
+			fstore_ref(st);
+		x->next_key = by_key[b];
+		by_key[b] = x;
+		x->next_ino = by_ino[x->ino % nbuckets];
+		by_ino[x->ino % nbuckets] = x;
+		nnodes++;
+	}
+	x->nlookup++;
+	pthread_mutex_unlock(&tbl_mu);
+	return x;
+}
+
+static void maybe_free(struct node *x)
+{
+	if (x == &root_node || x->nlookup > 0 || x->pins > 0)
+		return;
+	unlink_key(x);
+	unlink_ino(x);
+	nnodes--;
+	struct fstore *st = x->st;
+	free(x->name);
+	free(x);
+	if (st)
+		fstore_unref(st);
+}
+
+void node_forget(fuse_ino_t ino, uint64_t n)
+{
+	if (ino == FUSE_ROOT_ID)
+		return;
+	pthread_mutex_lock(&tbl_mu);
+	struct node *x = nbuckets ? by_ino[ino % nbuckets] : NULL;
+	while (x && x->ino != ino)
+		x = x->next_ino;
+	if (x) {
+		x->nlookup = x->nlookup > n ? x->nlookup - n : 0;
+		maybe_free(x);
+	}
+	pthread_mutex_unlock(&tbl_mu);
+}
+
+void node_pin(struct node *x)
+{
+	pthread_mutex_lock(&tbl_mu);
+	x->pins++;
+	pthread_mutex_unlock(&tbl_mu);
+}
+
+void node_unpin(struct node *x)
+{
+	pthread_mutex_lock(&tbl_mu);
+	x->pins--;
+	maybe_free(x);
+	pthread_mutex_unlock(&tbl_mu);
+}
+
+char *node_name(struct node *x)
+{
+	pthread_mutex_lock(&tbl_mu);
+	char *n = strdup(x->name);
+	pthread_mutex_unlock(&tbl_mu);
+	return n;
+}
+
+/* Renames every node of kind k (and its directory twin) at from or under
+ * from/ to the same place under to. */
+static void rename_kind(enum kind k, struct fstore *st, const char *from, const char *to)
+{
+	size_t fl = strlen(from);
+	for (size_t i = 0; i < nbuckets; i++) {
+		for (struct node *x = by_ino[i]; x; x = x->next_ino) {
+			if (x->kind != k || x->st != st || strncmp(x->name, from, fl) != 0 ||
+			    (x->name[fl] != '\0' && x->name[fl] != '/'))
+				continue;
+			char *nn = NULL;
+			if (asprintf(&nn, "%s%s", to, x->name + fl) < 0)
+				continue;
+			unlink_key(x);
+			free(x->name);
+			x->name = nn;
+			size_t b = hash_key(x->kind, x->st, x->name) % nbuckets;
+			x->next_key = by_key[b];
+			by_key[b] = x;
+		}
+	}
+}
+
+void node_renamed(struct fstore *st, bool incoming_side, const char *from, const char *to)
+{
+	(void)incoming_side;
+	pthread_mutex_lock(&tbl_mu);
+	/* A node already at the target is replaced: move it out of the way. */
+	static const enum kind kinds[] = { K_LDIR, K_LINK, K_IDIR, K_IFILE };
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		size_t b = hash_key(kinds[i], st, to) % nbuckets;
+		for (struct node *x = by_key[b]; x; x = x->next_key) {
+			if (x->kind == kinds[i] && x->st == st && !strcmp(x->name, to)) {
+				unlink_key(x);
+				char *nn = NULL;
+				if (asprintf(&nn, "%s\x01replaced.%llu", to, (unsigned long long)x->ino) >= 0) {
+					free(x->name);
+					x->name = nn;
+				}
+				size_t b2 = hash_key(x->kind, x->st, x->name) % nbuckets;
+				x->next_key = by_key[b2];
+				by_key[b2] = x;
+				break;
+			}
+		}
+	}
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		rename_kind(kinds[i], st, from, to);
+	pthread_mutex_unlock(&tbl_mu);
+}
+
+/* -------------------------------------------------------------- stores */
+
+void fstore_ref(struct fstore *st)
+{
+	__atomic_add_fetch(&st->refs, 1, __ATOMIC_RELAXED);
+}
+
+void fstore_unref(struct fstore *st)
+{
+	(void)st; /* stores stay open for the life of the mount */
+}
+
+int fstore_get(const char *id, struct fstore **out)
+{
+	pthread_mutex_lock(&stores_mu);
+	for (struct fstore *st = stores; st; st = st->next) {
+		if (!st->dead && strcmp(st->id, id) == 0) {
+			*out = st;
+			pthread_mutex_unlock(&stores_mu);
+			return 0;
+		}
+	}
+	casfs_store *s;
+	int rc = casfs_store_open(&s, fs.root, id);
+	if (rc < 0) {
+		pthread_mutex_unlock(&stores_mu);
+		return rc;
+	}
+	struct fstore *st = calloc(1, sizeof(*st));
+	if (!st) {
+		casfs_store_free(s);
+		pthread_mutex_unlock(&stores_mu);
+		return -ENOMEM;
+	}
+	snprintf(st->id, sizeof(st->id), "%s", id);
+	st->s = s;
+	/* Debris of a daemon or command that died: gone before we serve. */
+	if (!fs.read_only) {
+		unsigned removed = 0;
+		casfs_store_clean_staging(s, &removed);
+		if (removed)
+			fs_log(LOG_NOTICE, "store %s: removed %u staging files of dead writers", id, removed);
+	}
+	st->next = stores;
+	stores = st;
+	*out = st;
+	pthread_mutex_unlock(&stores_mu);
+	return 0;
+}
+
+void fstore_mark_dead(const char *id)
+{
+	pthread_mutex_lock(&stores_mu);
+	for (struct fstore *st = stores; st; st = st->next)
+		if (strcmp(st->id, id) == 0)
+			st->dead = true;
+	pthread_mutex_unlock(&stores_mu);
+}
+
+void fstore_close_all(void)
+{
+	pthread_mutex_lock(&stores_mu);
+	for (struct fstore *st = stores, *n; st; st = n) {
+		n = st->next;
+		casfs_store_free(st->s);
+		free(st);
+	}
+	stores = NULL;
+	pthread_mutex_unlock(&stores_mu);
+	for (size_t i = 0; i < nbuckets; i++) {
+		for (struct node *x = by_ino[i], *n; x; x = n) {
+			n = x->next_ino;
+			free(x->name);
+			free(x);
+		}
+	}
+	free(by_ino);
+	free(by_key);
+	by_ino = by_key = NULL;
+	nbuckets = nnodes = 0;
+}

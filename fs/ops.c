@@ -1,0 +1,1401 @@
+/*
+ * ops.c — FUSE request handlers: a thin translation from the kernel's
+ * requests to libcasfs calls.
+ *
+ * Each handler looks at the kind of node it is asked about (see fsint.h)
+ * and either serves it or refuses with the errno of SPEC §4:
+ *   root      stores as directories; mkdir makes a store, rmdir removes one
+ *   data/     read-only blobs (0444), served from their file descriptors
+ *             with the kernel's page cache kept across opens
+ *   labels/   symlinks to ../data/<hash>; ln -s / rm / mv / mkdir / rmdir
+ *   incoming/ the same labels as files: writes are staged in a *version*
+ *             shared by the handles on that name and committed (hashed,
+ *             published, labelled) when the last handle is closed, before
+ *             close(2) returns.
+ */
+#include "fsint.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define T_STATIC 86400.0 /* blobs and data/ never change */
+#define T_LABEL 1.0      /* labels changed elsewhere show within a second */
+#define XATTR_HASH "user.casfs.hash"
+static const bool fs_share_truncate = false;
+
+/* --------------------------------------------------------------- helpers */
+
+static void set_caller(fuse_req_t req)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	casfs_caller_set((long)c->uid, (long)c->pid);
+}
+
+/* "parent/name", or "name" under the top; NULL if too long. */
+static char *child_path(const char *parent, const char *name)
+{
+	char *p = NULL;
+	if (!parent[0])
+		p = strdup(name);
+	else if (asprintf(&p, "%s/%s", parent, name) < 0)
+		p = NULL;
+	return p;
+}
+
+/* The symlink target of a label at path: one "../" per level. */
+static char *link_target(const char *path, const char *hex)
+{
+	size_t depth = 1;
+	for (const char *c = path; *c; c++)
+		depth += *c == '/';
+	char *t = malloc(depth * 3 + 6 + strlen(hex));
+	if (!t)
+		return NULL;
+	char *p = t;
+	for (size_t i = 0; i < depth; i++, p += 3)
+		memcpy(p, "../", 3);
+	sprintf(p, "data/%s", hex);
+	return t;
+}
+
+/* Parses a symlink target made for path: "../"*depth + "data/<hex>". */
+static int parse_target(const char *path, const char *target, char hex[CASFS_HEX_MAX])
+{
+	size_t depth = 1;
+	for (const char *c = path; *c; c++)
+		depth += *c == '/';
+	const char *p = target;
+	for (size_t i = 0; i < depth; i++, p += 3)
+		if (strncmp(p, "../", 3) != 0)
+			return -EINVAL;
+	if (strncmp(p, "data/", 5) != 0)
+		return -EINVAL;
+	p += 5;
+	if (strlen(p) >= CASFS_HEX_MAX)
+		return -EINVAL;
+	strcpy(hex, p);
+	return 0;
+}
+
+static void ns_to_ts(int64_t ns, struct timespec *ts)
+{
+	ts->tv_sec = ns / 1000000000LL;
+	ts->tv_nsec = ns % 1000000000LL;
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static bool in_labels(enum kind k)
+{
+	return k == K_LDIR || k == K_LINK;
+}
+
+static bool in_incoming(enum kind k)
+{
+	return k == K_IDIR || k == K_IFILE;
+}
+
+/* ------------------------------------------------------------- versions */
+
+/*
+ * A version is what is being written under one incoming/ name: a libcasfs
+ * writer (staging file + running hash) shared by every handle that has it
+ * open.  It is committed when its last handle is flushed, and freed when
+ * its last handle is released.
+ */
+struct version {
+	pthread_mutex_t mu;
+	struct node *node;
+	casfs_writer *w;
+	char base[CASFS_HEX_MAX]; /* last committed digest ("" none) */
+	uint64_t base_size;
+	int base_fd;              /* base content, for reads while not staged */
+	int handles;              /* open handles (under cur_mu) */
+	int refs;                 /* the handles together hold one; lookups take more */
+	bool dirty;               /* changed since last commit */
+	bool written;             /* written or truncated since opened */
+	bool detached;            /* name unlinked: never commit */
+	bool set_mode, set_mtime;
+	uint32_t mode;
+	int64_t mtime_ns;         /* of the last change or of utimens */
+};
+
+struct handle {
+	struct version *v; /* NULL: a plain read of a blob or committed label */
+	int fd;            /* for plain reads */
+	bool writable;
+};
+
+/* Guards node->cur and version->handles. */
+static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void version_free(struct version *v);
+
+/* The version new handles of x would share, with a reference; NULL if
+ * none.  Release it with version_put(). */
+static struct version *cur_get(struct node *x)
+{
+	pthread_mutex_lock(&cur_mu);
+	struct version *v = x->cur;
+	if (v)
+		v->refs++;
+	pthread_mutex_unlock(&cur_mu);
+	return v;
+}
+
+static void version_put(struct version *v)
+{
+	pthread_mutex_lock(&cur_mu);
+	bool last = --v->refs == 0;
+	pthread_mutex_unlock(&cur_mu);
+	if (last)
+		version_free(v);
+}
+
+static bool staged(const struct version *v)
+{
+	return casfs_writer_fd(v->w) >= 0;
+}
+
+static uint64_t version_size(const struct version *v)
+{
+	return staged(v) ? casfs_writer_size(v->w) : v->base_size;
+}
+
+static void version_set_base(struct version *v, struct fstore *st, const char *hex)
+{
+	if (v->base_fd >= 0)
+		close(v->base_fd);
+	v->base_fd = -1;
+	snprintf(v->base, sizeof(v->base), "%s", hex);
+	v->base_size = 0;
+	if (hex[0]) {
+		casfs_blob_size(st->s, hex, &v->base_size);
+		casfs_blob_open(st->s, hex, &v->base_fd);
+	}
+}
+
+/* A new version of node, starting from its committed content unless
+ * truncate. */
+static int version_new(struct node *x, bool truncate, struct version **out)
+{
+	struct version *v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	pthread_mutex_init(&v->mu, NULL);
+	v->node = x;
+	v->base_fd = -1;
+	v->mtime_ns = now_ns();
+	char *name = node_name(x);
+	char hex[CASFS_HEX_MAX] = "";
+	int rc = name ? 0 : -ENOMEM;
+	if (rc == 0 && !truncate) {
+		rc = casfs_label_get(x->st->s, name, hex);
+		if (rc == -ENOENT) {
+			hex[0] = '\0';
+			rc = 0;
+		}
+	}
+	if (rc == 0)
+		rc = hex[0] ? casfs_writer_open_from(&v->w, x->st->s, hex) : casfs_writer_open(&v->w, x->st->s);
+	if (rc == 0) {
+		version_set_base(v, x->st, hex);
+		v->dirty = !hex[0]; /* a new or truncated file is a change */
+		v->refs = 1;
+		node_pin(x);
+		*out = v;
+	} else {
+		pthread_mutex_destroy(&v->mu);
+		free(v);
+	}
+	free(name);
+	return rc;
+}
+
+static void version_free(struct version *v)
+{
+	casfs_writer_free(v->w);
+	if (v->base_fd >= 0)
+		close(v->base_fd);
+	pthread_mutex_destroy(&v->mu);
+	node_unpin(v->node);
+	free(v);
+}
+
+/* Commits v under its node's current name (v->mu held). */
+static int version_commit(struct version *v, bool force)
+{
+	if (v->detached || (!v->dirty && !force))
+		return 0;
+	struct node *x = v->node;
+	char *name = node_name(x);
+	if (!name)
+		return -ENOMEM;
+	char hex[CASFS_HEX_MAX];
+	int rc = casfs_label_commit(x->st->s, name, v->w, NULL, hex);
+	if (rc < 0) {
+		fs_log(LOG_WARNING, "commit of %s/incoming/%s failed: %s", x->st->id, name,
+		       casfs_error_last());
+		free(name);
+		return rc;
+	}
+	v->dirty = false;
+	version_set_base(v, x->st, hex);
+	uint32_t *mode = v->set_mode ? &v->mode : NULL;
+	int64_t mt = v->mtime_ns;
+	casfs_label_setattr(x->st->s, name, mode, &mt);
+	free(name);
+	return 0;
+}
+
+static struct version *handle_version(struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	return h ? h->v : NULL;
+}
+
+/* ----------------------------------------------------------- attributes */
+
+static void fill_dir(struct stat *st, fuse_ino_t ino, mode_t mode)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFDIR | mode;
+	st->st_nlink = 2;
+	st->st_uid = fs.uid;
+	st->st_gid = fs.gid;
+}
+
+static void fill_label_common(struct stat *st, struct node *x, const casfs_label_info *li)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = x->ino;
+	st->st_nlink = li->is_dir ? 2 : 1;
+	st->st_uid = li->uid;
+	st->st_gid = li->gid;
+	ns_to_ts(li->mtime_ns, &st->st_mtim);
+	ns_to_ts(li->ctime_ns, &st->st_ctim);
+	st->st_atim = st->st_mtim;
+}
+
+static int node_stat_label(struct node *x, struct stat *st, struct version *v);
+
+/* Attributes of x, and how long the kernel may keep them. */
+static int node_stat(struct node *x, struct stat *st, double *timeout)
+{
+	int rc = 0;
+	*timeout = T_LABEL;
+	switch (x->kind) {
+	case K_ROOT:
+		fill_dir(st, x->ino, 0755);
+		return 0;
+	case K_STORE:
+		fill_dir(st, x->ino, fs.read_only ? 0555 : 0755);
+		return 0;
+	case K_DATA:
+		fill_dir(st, x->ino, 0555);
+		*timeout = T_STATIC;
+		return 0;
+	case K_BLOB: {
+		uint64_t size;
+		int64_t mtime;
+		if ((rc = casfs_blob_stat(x->st->s, x->name, &size, &mtime)) < 0)
+			return rc;
+		memset(st, 0, sizeof(*st));
+		st->st_ino = x->ino;
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)size;
+		st->st_blocks = (blkcnt_t)((size + 511) / 512);
+		st->st_uid = fs.uid;
+		st->st_gid = fs.gid;
+		ns_to_ts(mtime, &st->st_mtim);
+		st->st_ctim = st->st_atim = st->st_mtim;
+		*timeout = T_STATIC;
+		return 0;
+	}
+	default:
+		break;
+	}
+	/* Label kinds. */
+	struct version *v = x->kind == K_IFILE ? cur_get(x) : NULL;
+	rc = node_stat_label(x, st, v);
+	if (v)
+		version_put(v);
+	return rc;
+}
+
+/* node_stat for labels; v is the version being written, if any. */
+static int node_stat_label(struct node *x, struct stat *st, struct version *v)
+{
+	int rc;
+	char *name = node_name(x);
+	if (!name)
+		return -ENOMEM;
+	casfs_label_info li;
+	rc = casfs_label_stat(x->st->s, name, &li);
+	free(name);
+	if (rc == -ENOENT && v) {
+		/* A file created in incoming/ and not yet committed. */
+		memset(&li, 0, sizeof(li));
+		li.mode = 0644;
+		li.uid = fs.uid;
+		li.gid = fs.gid;
+		rc = 0;
+	}
+	if (rc < 0)
+		return rc == -EINVAL || rc == -EFBIG ? -EIO : rc;
+	bool want_dir = x->kind == K_LDIR || x->kind == K_IDIR;
+	if (li.is_dir != want_dir)
+		return -ENOENT; /* it changed kind: the kernel will look it up again */
+	fill_label_common(st, x, &li);
+	if (want_dir) {
+		st->st_mode = S_IFDIR | li.mode;
+		return 0;
+	}
+	if (x->kind == K_LINK) {
+		char *name2 = node_name(x);
+		char *t = name2 ? link_target(name2, li.digest) : NULL;
+		st->st_mode = S_IFLNK | 0777;
+		st->st_size = t ? (off_t)strlen(t) : 0;
+		free(t);
+		free(name2);
+		return 0;
+	}
+	st->st_mode = S_IFREG | li.mode;
+	uint64_t size = 0;
+	if (v) {
+		pthread_mutex_lock(&v->mu);
+		size = version_size(v);
+		if (v->dirty)
+			ns_to_ts(v->mtime_ns, &st->st_mtim);
+		if (v->set_mode)
+			st->st_mode = S_IFREG | v->mode;
+		pthread_mutex_unlock(&v->mu);
+	} else if (li.digest[0]) {
+		casfs_blob_size(x->st->s, li.digest, &size);
+	}
+	st->st_size = (off_t)size;
+	st->st_blocks = (blkcnt_t)((size + 511) / 512);
+	return 0;
+}
+
+static void reply_entry(fuse_req_t req, struct node *x)
+{
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof(e));
+	double t;
+	int rc = node_stat(x, &e.attr, &t);
+	if (rc < 0) {
+		node_forget(x->ino, 1);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	e.ino = x->ino;
+	e.attr_timeout = t;
+	e.entry_timeout = t;
+	if (fuse_reply_entry(req, &e) != 0)
+		node_forget(x->ino, 1);
+}
+
+/* --------------------------------------------------------------- lookup */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct node *p = node_get(parent), *x = NULL;
+	if (!p) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct fstore *st = NULL;
+	int rc = 0;
+	switch (p->kind) {
+	case K_ROOT:
+		if (casfs_id_check(name) < 0)
+			break;
+		if ((rc = fstore_get(name, &st)) == 0)
+			x = node_lookup(K_STORE, st, "");
+		break;
+	case K_STORE:
+		if (!strcmp(name, "data"))
+			x = node_lookup(K_DATA, p->st, "");
+		else if (!strcmp(name, "labels"))
+			x = node_lookup(K_LDIR, p->st, "");
+		else if (!strcmp(name, "incoming"))
+			x = node_lookup(K_IDIR, p->st, "");
+		break;
+	case K_DATA:
+		if (casfs_digest_check(casfs_store_algo(p->st->s), name) == 0 &&
+		    casfs_blob_exists(p->st->s, name) == 1)
+			x = node_lookup(K_BLOB, p->st, name);
+		break;
+	case K_LDIR:
+	case K_IDIR: {
+		if (casfs_label_check(name) < 0 && strlen(name) > 255) {
+			rc = -ENAMETOOLONG;
+			break;
+		}
+		char *pn = node_name(p);
+		char *path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		if (!path) {
+			rc = -ENOMEM;
+			break;
+		}
+		if (casfs_label_check(path) < 0) {
+			rc = strlen(path) > CASFS_LABEL_MAX ? -ENAMETOOLONG : -ENOENT;
+			free(path);
+			break;
+		}
+		casfs_label_info li;
+		rc = casfs_label_stat(p->st->s, path, &li);
+		enum kind k = p->kind == K_LDIR ? (li.is_dir ? K_LDIR : K_LINK) : (li.is_dir ? K_IDIR : K_IFILE);
+		if (rc == 0) {
+			x = node_lookup(k, p->st, path);
+		} else if (rc == -ENOENT && p->kind == K_IDIR) {
+			/* A file being created there, not yet committed. */
+			struct node *f = node_lookup(K_IFILE, p->st, path);
+			struct version *v = f ? cur_get(f) : NULL;
+			if (v) {
+				version_put(v);
+				x = f;
+				rc = 0;
+			} else if (f) {
+				node_forget(f->ino, 1);
+			}
+		} else if (rc == -EINVAL || rc == -EFBIG) {
+			rc = -EIO; /* a damaged label file: an error for it alone */
+		}
+		free(path);
+		break;
+	}
+	default:
+		rc = -ENOTDIR;
+	}
+	if (x) {
+		reply_entry(req, x);
+		return;
+	}
+	if (rc == 0 || rc == -ENOENT) {
+		/* Negative entries are not cached: a name may appear any time. */
+		struct fuse_entry_param e;
+		memset(&e, 0, sizeof(e));
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	fuse_reply_err(req, -rc);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n)
+{
+	node_forget(ino, n);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f)
+{
+	for (size_t i = 0; i < count; i++)
+		node_forget(f[i].ino, f[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct node *x = node_get(ino);
+	struct stat st;
+	double t;
+	int rc = x ? node_stat(x, &st, &t) : -ENOENT;
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, t);
+}
+
+/* -------------------------------------------------------- directories */
+
+struct dirbuf {
+	char *p;
+	size_t len, cap;
+	fuse_req_t req;
+};
+
+struct dirlist {
+	char **names;
+	unsigned char *isdir;
+	size_t n, cap;
+};
+
+static int dl_add(struct dirlist *d, const char *name, int isdir)
+{
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 64;
+		char **nn = realloc(d->names, cap * sizeof(*nn));
+		if (!nn)
+			return -ENOMEM;
+		d->names = nn;
+		unsigned char *nd = realloc(d->isdir, cap);
+		if (!nd)
+			return -ENOMEM;
+		d->isdir = nd;
+		d->cap = cap;
+	}
+	if (!(d->names[d->n] = strdup(name)))
+		return -ENOMEM;
+	d->isdir[d->n++] = (unsigned char)isdir;
+	return 0;
+}
+
+static int dl_add_dir(const char *name, void *ud)
+{
+	return dl_add(ud, name, 1);
+}
+
+static int dl_add_file(const char *name, void *ud)
+{
+	return dl_add(ud, name, 0);
+}
+
+static int dl_add_entry(const char *name, int isdir, void *ud)
+{
+	return dl_add(ud, name, isdir);
+}
+
+static void dl_free(struct dirlist *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		free(d->names[i]);
+	free(d->names);
+	free(d->isdir);
+	free(d);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *x = node_get(ino);
+	struct dirlist *d = calloc(1, sizeof(*d));
+	int rc = x && d ? 0 : (d ? -ENOENT : -ENOMEM);
+	if (rc == 0) {
+		dl_add(d, ".", 1);
+		dl_add(d, "..", 1);
+		switch (x->kind) {
+		case K_ROOT:
+			rc = casfs_store_list(fs.root, dl_add_dir, d);
+			break;
+		case K_STORE:
+			dl_add(d, "data", 1);
+			dl_add(d, "labels", 1);
+			rc = dl_add(d, "incoming", 1);
+			break;
+		case K_DATA:
+			rc = casfs_blob_list(x->st->s, dl_add_file, d);
+			break;
+		case K_LDIR:
+		case K_IDIR: {
+			char *name = node_name(x);
+			rc = name ? casfs_label_readdir(x->st->s, name, dl_add_entry, d) : -ENOMEM;
+			free(name);
+			break;
+		}
+		default:
+			rc = -ENOTDIR;
+		}
+	}
+	if (rc < 0) {
+		if (d)
+			dl_free(d);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	fi->cache_readdir = 0;
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+	struct node *x = node_get(ino);
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	bool link = x && x->kind == K_LDIR;
+	size_t used = 0;
+	for (size_t i = (size_t)off; i < d->n; i++) {
+		struct stat st;
+		memset(&st, 0, sizeof(st));
+		st.st_ino = 0xffffffff; /* unknown: the kernel looks it up */
+		st.st_mode = d->isdir[i] ? S_IFDIR : (link ? S_IFLNK : S_IFREG);
+		size_t n = fuse_add_direntry(req, buf + used, size - used, d->names[i], &st, (off_t)(i + 1));
+		if (n > size - used)
+			break;
+		used += n;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	dl_free((struct dirlist *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	set_caller(req);
+	struct node *p = node_get(parent);
+	if (!p) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	int rc;
+	if (p->kind == K_ROOT) {
+		rc = casfs_store_create(fs.root, name, fs.new_algo, NULL, 0);
+		struct fstore *st;
+		if (rc == 0 && (rc = fstore_get(name, &st)) == 0) {
+			reply_entry(req, node_lookup(K_STORE, st, ""));
+			return;
+		}
+		if (rc == -EINVAL && strlen(name) > CASFS_ID_MAX)
+			rc = -ENAMETOOLONG;
+	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
+		char *pn = node_name(p);
+		char *path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		rc = path ? casfs_label_mkdir(p->st->s, path, mode & 07777) : -ENOMEM;
+		if (rc == 0) {
+			struct node *x = node_lookup(p->kind, p->st, path);
+			free(path);
+			reply_entry(req, x);
+			return;
+		}
+		free(path);
+	} else if (p->kind == K_STORE || p->kind == K_DATA) {
+		rc = -EACCES;
+	} else {
+		rc = -ENOTDIR;
+	}
+	fuse_reply_err(req, -rc);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	set_caller(req);
+	struct node *p = node_get(parent);
+	int rc;
+	if (!p) {
+		rc = -ENOENT;
+	} else if (p->kind == K_ROOT) {
+		rc = casfs_store_remove(fs.root, name);
+		if (rc == 0)
+			fstore_mark_dead(name);
+	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
+		char *pn = node_name(p);
+		char *path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		rc = path ? casfs_label_rmdir(p->st->s, path) : -ENOMEM;
+		free(path);
+	} else {
+		rc = -EPERM; /* data, labels, incoming are fixed */
+	}
+	fuse_reply_err(req, -rc);
+}
+
+/* --------------------------------------------------------------- labels */
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct node *x = node_get(ino);
+	if (!x || x->kind != K_LINK) {
+		fuse_reply_err(req, x ? EINVAL : ENOENT);
+		return;
+	}
+	char *name = node_name(x);
+	char hex[CASFS_HEX_MAX];
+	int rc = name ? casfs_label_get(x->st->s, name, hex) : -ENOMEM;
+	char *t = rc == 0 ? link_target(name, hex) : NULL;
+	free(name);
+	if (rc < 0)
+		fuse_reply_err(req, rc == -EINVAL ? EIO : -rc);
+	else if (!t)
+		fuse_reply_err(req, ENOMEM);
+	else
+		fuse_reply_readlink(req, t);
+	free(t);
+}
+
+static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
+{
+	set_caller(req);
+	struct node *p = node_get(parent);
+	int rc;
+	char *path = NULL;
+	if (!p) {
+		rc = -ENOENT;
+	} else if (p->kind != K_LDIR) {
+		/* Symlinks exist only as labels. */
+		rc = p->kind == K_IDIR || p->kind == K_DATA || p->kind == K_STORE ? -EPERM : -ENOTDIR;
+	} else {
+		char *pn = node_name(p);
+		path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		char hex[CASFS_HEX_MAX];
+		rc = path ? parse_target(path, target, hex) : -ENOMEM;
+		if (rc == 0)
+			rc = casfs_label_set(p->st->s, path, hex, "", NULL);
+		if (rc == -EISDIR)
+			rc = -EEXIST;
+		if (rc == 0) {
+			struct node *x = node_lookup(K_LINK, p->st, path);
+			free(path);
+			reply_entry(req, x);
+			return;
+		}
+	}
+	free(path);
+	fuse_reply_err(req, -rc);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	set_caller(req);
+	struct node *p = node_get(parent);
+	int rc;
+	if (!p) {
+		rc = -ENOENT;
+	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
+		char *pn = node_name(p);
+		char *path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		rc = path ? casfs_label_remove(p->st->s, path, NULL, NULL) : -ENOMEM;
+		if (p->kind == K_IDIR && path) {
+			/* Open handles of an unlinked name write into the void,
+			 * as on any filesystem: their version never commits. */
+			struct node *x = node_lookup(K_IFILE, p->st, path);
+			if (x) {
+				pthread_mutex_lock(&cur_mu);
+				struct version *v = x->cur;
+				x->cur = NULL;
+				if (v)
+					v->refs++;
+				pthread_mutex_unlock(&cur_mu);
+				if (v) {
+					pthread_mutex_lock(&v->mu);
+					v->detached = true;
+					pthread_mutex_unlock(&v->mu);
+					version_put(v);
+					if (rc == -ENOENT)
+						rc = 0; /* created, never committed */
+				}
+				node_forget(x->ino, 1);
+			}
+		}
+		free(path);
+	} else if (p->kind == K_DATA) {
+		rc = -EPERM;
+	} else {
+		rc = -EPERM;
+	}
+	fuse_reply_err(req, -rc);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	set_caller(req);
+	struct node *p = node_get(parent), *q = node_get(newparent);
+	int rc = 0;
+	char *from = NULL, *to = NULL;
+	if (!p || !q) {
+		rc = -ENOENT;
+	} else if (p->kind == K_DATA || q->kind == K_DATA || p->kind == K_ROOT || q->kind == K_ROOT ||
+		   p->kind == K_STORE || q->kind == K_STORE) {
+		rc = -EPERM;
+	} else if (p->st != q->st || in_labels(p->kind) != in_labels(q->kind)) {
+		rc = -EXDEV; /* another store, or labels/ <-> incoming/ */
+	} else if (flags & RENAME_EXCHANGE) {
+		rc = -EINVAL;
+	} else {
+		char *pn = node_name(p), *qn = node_name(q);
+		from = pn ? child_path(pn, name) : NULL;
+		to = qn ? child_path(qn, newname) : NULL;
+		free(pn);
+		free(qn);
+		if (!from || !to)
+			rc = -ENOMEM;
+		casfs_label_info li;
+		if (rc == 0 && (flags & RENAME_NOREPLACE) && casfs_label_stat(p->st->s, to, &li) == 0)
+			rc = -EEXIST;
+		if (rc == 0)
+			rc = casfs_label_rename(p->st->s, from, to);
+		if (rc == 0)
+			node_renamed(p->st, in_incoming(p->kind), from, to);
+	}
+	free(from);
+	free(to);
+	fuse_reply_err(req, -rc);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	set_caller(req);
+	struct node *x = node_get(ino), *q = node_get(newparent);
+	int rc;
+	char *to = NULL;
+	if (!x || !q) {
+		rc = -ENOENT;
+	} else if (x->kind != K_LINK && x->kind != K_IFILE && x->kind != K_BLOB) {
+		rc = -EPERM;
+	} else if (q->kind != K_LDIR && q->kind != K_IDIR) {
+		rc = -EPERM;
+	} else if (q->st != x->st) {
+		rc = -EXDEV;
+	} else {
+		/* A hard link is a second label on the same digest. */
+		char hex[CASFS_HEX_MAX];
+		char *xn = node_name(x), *qn = node_name(q);
+		to = qn ? child_path(qn, newname) : NULL;
+		if (x->kind == K_BLOB)
+			rc = xn ? (snprintf(hex, sizeof(hex), "%s", xn), 0) : -ENOMEM;
+		else
+			rc = xn ? casfs_label_get(x->st->s, xn, hex) : -ENOMEM;
+		free(xn);
+		free(qn);
+		if (rc == 0)
+			rc = to ? casfs_label_set(x->st->s, to, hex, "", NULL) : -ENOMEM;
+		if (rc == 0) {
+			struct node *n = node_lookup(q->kind == K_LDIR ? K_LINK : K_IFILE, q->st, to);
+			free(to);
+			reply_entry(req, n);
+			return;
+		}
+	}
+	free(to);
+	fuse_reply_err(req, -rc);
+}
+
+/* ------------------------------------------------------ opening files */
+
+static int open_plain(struct fstore *st, const char *hex, struct fuse_file_info *fi)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	int rc = casfs_blob_open(st->s, hex, &h->fd);
+	if (rc < 0) {
+		free(h);
+		return rc;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
+/* Opens incoming/<name> for writing (or reading while others write). */
+static int open_version(struct node *x, int flags, struct fuse_file_info *fi)
+{
+	bool writable = (flags & O_ACCMODE) != O_RDONLY;
+	bool trunc = writable && (flags & O_TRUNC);
+	struct handle *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->fd = -1;
+	h->writable = writable;
+	int rc = 0;
+	pthread_mutex_lock(&cur_mu);
+	struct version *v = x->cur;
+	/* A truncating open while another writer is mid-version starts a
+	 * version of its own, so each writer leaves one complete version
+	 * and the last to close wins; other opens share the current one. */
+	if (v && trunc && v->handles > 0 && !fs_share_truncate)
+		v = NULL;
+	if (v)
+		v->handles++;
+	pthread_mutex_unlock(&cur_mu);
+	if (v && trunc) {
+		pthread_mutex_lock(&v->mu);
+		rc = casfs_writer_truncate(v->w, 0);
+		v->dirty = true;
+		v->mtime_ns = now_ns();
+		pthread_mutex_unlock(&v->mu);
+	}
+	if (!v) {
+		if ((rc = version_new(x, trunc, &v)) < 0) {
+			free(h);
+			return rc;
+		}
+		pthread_mutex_lock(&cur_mu);
+		v->handles = 1;
+		x->cur = v; /* an older one lives on with its own handles */
+		pthread_mutex_unlock(&cur_mu);
+	}
+	h->v = v;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->keep_cache = 0;
+	fi->direct_io = 0;
+	return rc;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	set_caller(req);
+	struct node *x = node_get(ino);
+	struct version *v_active = NULL;
+	int rc;
+	bool writable = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	if (!x) {
+		rc = -ENOENT;
+	} else if (x->kind == K_BLOB) {
+		if (writable) {
+			rc = -EACCES;
+		} else if ((rc = open_plain(x->st, x->name, fi)) == 0) {
+			fi->keep_cache = 1; /* immutable: keep the page cache */
+			fi->noflush = 1;
+		}
+	} else if (x->kind == K_IFILE) {
+		if (writable && fs.read_only) {
+			rc = -EROFS;
+		} else if (writable || (v_active = cur_get(x)) != NULL) {
+			if (v_active)
+				version_put(v_active);
+			rc = open_version(x, fi->flags, fi);
+		} else {
+			/* A reader of the committed version: a snapshot that a
+			 * later commit does not change. */
+			char *name = node_name(x);
+			char hex[CASFS_HEX_MAX];
+			rc = name ? casfs_label_get(x->st->s, name, hex) : -ENOMEM;
+			free(name);
+			if (rc == 0)
+				rc = open_plain(x->st, hex, fi);
+		}
+	} else {
+		rc = -EISDIR;
+	}
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else if (fuse_reply_open(req, fi) != 0)
+		fi->fh = 0; /* the kernel will not release it: leak rather than crash */
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	set_caller(req);
+	struct node *p = node_get(parent);
+	int rc;
+	if (!p) {
+		rc = -ENOENT;
+	} else if (p->kind == K_IDIR) {
+		char *pn = node_name(p);
+		char *path = pn ? child_path(pn, name) : NULL;
+		free(pn);
+		rc = path ? casfs_label_check(path) : -ENOMEM;
+		if (rc == -EINVAL && strlen(name) > 255)
+			rc = -ENAMETOOLONG;
+		struct node *x = rc == 0 ? node_lookup(K_IFILE, p->st, path) : NULL;
+		free(path);
+		if (rc == 0 && !x)
+			rc = -ENOMEM;
+		if (rc == 0) {
+			rc = open_version(x, fi->flags | O_TRUNC, fi);
+			if (rc == 0) {
+				struct version *v = handle_version(fi);
+				pthread_mutex_lock(&v->mu);
+				v->set_mode = true;
+				v->mode = mode & 07777;
+				pthread_mutex_unlock(&v->mu);
+				struct fuse_entry_param e;
+				memset(&e, 0, sizeof(e));
+				double t;
+				node_stat(x, &e.attr, &t);
+				e.ino = x->ino;
+				e.attr_timeout = e.entry_timeout = T_LABEL;
+				if (fuse_reply_create(req, &e, fi) != 0)
+					node_forget(x->ino, 1);
+				return;
+			}
+			node_forget(x->ino, 1);
+		}
+	} else if (p->kind == K_LDIR) {
+		rc = -EPERM; /* labels/ holds symlinks only: write in incoming/ */
+	} else if (p->kind == K_DATA || p->kind == K_STORE || p->kind == K_ROOT) {
+		rc = -EACCES;
+	} else {
+		rc = -ENOTDIR;
+	}
+	fuse_reply_err(req, -rc);
+}
+
+/* ------------------------------------------------------ reading, writing */
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].pos = off;
+	if (!h->v) {
+		bv.buf[0].fd = h->fd;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
+	struct version *v = h->v;
+	pthread_mutex_lock(&v->mu);
+	int fd = staged(v) ? casfs_writer_fd(v->w) : v->base_fd;
+	if (fd < 0) {
+		pthread_mutex_unlock(&v->mu);
+		fuse_reply_buf(req, NULL, 0); /* empty */
+		return;
+	}
+	/* Copy out under the lock: a concurrent commit replaces the fd. */
+	char *buf = malloc(size);
+	ssize_t n = buf ? pread(fd, buf, size, off) : -1;
+	int e = errno;
+	pthread_mutex_unlock(&v->mu);
+	if (n < 0)
+		fuse_reply_err(req, buf ? e : ENOMEM);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (!h->v || !h->writable) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	struct version *v = h->v;
+	pthread_mutex_lock(&v->mu);
+	int rc = casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
+	if (rc == 0) {
+		v->dirty = v->written = true;
+		v->mtime_ns = now_ns();
+	}
+	pthread_mutex_unlock(&v->mu);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_write(req, size);
+}
+
+/* close(2): the last handle of a version commits it, and close returns the
+ * result. */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	set_caller(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	int rc = 0;
+	if (h && h->v && h->writable) {
+		struct version *v = h->v;
+		pthread_mutex_lock(&v->mu);
+		/* The kernel flushes at every close(2) of a descriptor, also of
+		 * one whose duplicate stays open (`cmd > file` opens, dup2()s,
+		 * closes).  A version never written since it was opened is not
+		 * committed then, so such a close does not publish an empty
+		 * file; release commits it. */
+		if ((v->handles <= 1 || fs.sync) && v->written)
+			rc = version_commit(v, false);
+		pthread_mutex_unlock(&v->mu);
+	}
+	fuse_reply_err(req, -rc);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	set_caller(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	int rc = 0;
+	if (h && h->v && h->writable) {
+		pthread_mutex_lock(&h->v->mu);
+		rc = version_commit(h->v, false);
+		pthread_mutex_unlock(&h->v->mu);
+	}
+	fuse_reply_err(req, -rc);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	set_caller(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (!h) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	if (h->v) {
+		struct version *v = h->v;
+		pthread_mutex_lock(&v->mu);
+		/* Writes after the last flush (a shared mapping written back
+		 * at munmap) are committed here. */
+		if (v->handles == 1 && h->writable)
+			version_commit(v, false);
+		pthread_mutex_unlock(&v->mu);
+		pthread_mutex_lock(&cur_mu);
+		bool last = --v->handles == 0;
+		if (last && v->node->cur == v)
+			v->node->cur = NULL;
+		pthread_mutex_unlock(&cur_mu);
+		if (last)
+			version_put(v);
+	} else if (h->fd >= 0) {
+		close(h->fd);
+	}
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+/* ------------------------------------------------------------ setattr */
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	set_caller(req);
+	struct node *x = node_get(ino);
+	int rc = 0;
+	if (!x) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (x->kind != K_IFILE && x->kind != K_LDIR && x->kind != K_IDIR) {
+		/* data/, blobs, symlinks and the fixed directories keep
+		 * their attributes; a time change on them is harmless and
+		 * ignored so that tools like touch -h and tar succeed. */
+		if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
+			rc = x->kind == K_BLOB || x->kind == K_DATA ? -EPERM : -EPERM;
+		if (rc == 0)
+			op_getattr(req, ino, fi);
+		else
+			fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fs.read_only) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	char *name = node_name(x);
+	if (!name) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	struct version *v = fi ? handle_version(fi) : NULL;
+	struct version *vref = NULL;
+	if (!v)
+		v = vref = cur_get(x);
+	bool temp = false;
+	if ((to_set & FUSE_SET_ATTR_SIZE) && x->kind == K_IFILE && !v) {
+		/* truncate(2) on a closed file: a version of its own,
+		 * committed at once. */
+		rc = version_new(x, attr->st_size == 0, &v);
+		temp = rc == 0;
+	}
+	int64_t mt = -1;
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+		mt = now_ns();
+	else if (to_set & FUSE_SET_ATTR_MTIME)
+		mt = (int64_t)attr->st_mtim.tv_sec * 1000000000LL + attr->st_mtim.tv_nsec;
+	uint32_t mode = attr->st_mode & 07777;
+	if (rc == 0 && v && x->kind == K_IFILE) {
+		pthread_mutex_lock(&v->mu);
+		if (to_set & FUSE_SET_ATTR_SIZE) {
+			if (!staged(v) && (uint64_t)attr->st_size == v->base_size) {
+				/* nothing to do */
+			} else if ((rc = casfs_writer_truncate(v->w, (uint64_t)attr->st_size)) == 0) {
+				v->dirty = v->written = true;
+				v->mtime_ns = now_ns();
+			}
+		}
+		if (to_set & FUSE_SET_ATTR_MODE) {
+			v->set_mode = true;
+			v->mode = mode;
+		}
+		if (mt >= 0)
+			v->mtime_ns = mt;
+		bool committed = !v->dirty;
+		if (temp)
+			rc = rc ? rc : version_commit(v, false);
+		pthread_mutex_unlock(&v->mu);
+		/* Also on the label itself when it exists now. */
+		if (rc == 0 && committed && !temp)
+			casfs_label_setattr(x->st->s, name, (to_set & FUSE_SET_ATTR_MODE) ? &mode : NULL,
+					    mt >= 0 ? &mt : NULL);
+		if (temp)
+			version_put(v);
+	} else if (rc == 0) {
+		if (to_set & FUSE_SET_ATTR_SIZE)
+			rc = x->kind == K_IFILE ? -EIO : -EISDIR;
+		else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW))
+			rc = casfs_label_setattr(x->st->s, name, (to_set & FUSE_SET_ATTR_MODE) ? &mode : NULL,
+						 mt >= 0 ? &mt : NULL);
+	}
+	free(name);
+	if (vref)
+		version_put(vref);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		op_getattr(req, ino, fi);
+}
+
+/* ---------------------------------------------------------------- xattr */
+
+/* The digest a file shows as user.casfs.hash. */
+static int node_digest(struct node *x, char hex[CASFS_HEX_MAX])
+{
+	if (x->kind == K_BLOB) {
+		snprintf(hex, CASFS_HEX_MAX, "%s", x->name);
+		return 0;
+	}
+	if (x->kind != K_LINK && x->kind != K_IFILE)
+		return -ENODATA;
+	struct version *v = x->kind == K_IFILE ? cur_get(x) : NULL;
+	if (v) {
+		pthread_mutex_lock(&v->mu);
+		int rc = v->dirty || !v->base[0] ? -ENODATA : 0; /* not hashed yet */
+		if (rc == 0)
+			snprintf(hex, CASFS_HEX_MAX, "%s", v->base);
+		pthread_mutex_unlock(&v->mu);
+		version_put(v);
+		return rc;
+	}
+	char *name = node_name(x);
+	int rc = name ? casfs_label_get(x->st->s, name, hex) : -ENOMEM;
+	free(name);
+	return rc == -ENOENT ? -ENODATA : rc;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct node *x = node_get(ino);
+	if (!x) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (strcmp(name, XATTR_HASH) != 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	char hex[CASFS_HEX_MAX];
+	int rc = node_digest(x, hex);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	size_t n = strlen(hex);
+	if (size == 0)
+		fuse_reply_xattr(req, n);
+	else if (size < n)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, hex, n);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct node *x = node_get(ino);
+	if (!x) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	char hex[CASFS_HEX_MAX];
+	bool has = node_digest(x, hex) == 0;
+	size_t n = has ? sizeof(XATTR_HASH) : 0;
+	if (size == 0)
+		fuse_reply_xattr(req, n);
+	else if (size < n)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, XATTR_HASH, n);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	(void)ino;
+	(void)value;
+	(void)size;
+	(void)flags;
+	fuse_reply_err(req, strcmp(name, XATTR_HASH) == 0 ? EPERM : ENOTSUP);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino;
+	fuse_reply_err(req, strcmp(name, XATTR_HASH) == 0 ? EPERM : ENODATA);
+}
+
+/* ---------------------------------------------------------------- misc */
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs sv;
+	if (statvfs(fs.root_path, &sv) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+static void op_init(void *ud, struct fuse_conn_info *conn)
+{
+	(void)ud;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE; /* commit at close needs every write */
+	conn->max_write = 1 << 20;
+	conn->max_read = 0;
+}
+
+const struct fuse_lowlevel_ops casfs_fs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+};
