@@ -226,6 +226,13 @@ static int label_commit_prepared(casfs_store *s, const char *name, casfs_writer 
 	int rc = s->be->lock(s, &token);
 	if (rc < 0)
 		return rc;
+	/* A failed expectation publishes nothing: bad input changes nothing. */
+	if ((rc = current(s, name, cur)) == 0)
+		rc = check_expect(name, cur, expect);
+	if (rc < 0) {
+		s->be->unlock(s, token);
+		return rc;
+	}
 	if (prep == 0) {
 		rc = casfs__writer_publish(w, hex);
 		if (rc >= 0)

@@ -1067,3 +1067,17 @@ def test_progress_shown_when_stderr_is_a_terminal(casfs, store, inputs):
     assert proc.returncode == 0
     assert len(out.decode().splitlines()) == 11
     assert b"store" in err, err
+
+
+def test_failed_expectation_stores_nothing(casfs, store, tmp_path):
+    """replace-content-at-label on a missing label, and store-at-label with a
+    stale --expect, are refused before any content is published."""
+    f = tmp_path / "new-content"
+    f.write_bytes(b"content that must not be stored")
+    casfs.run("replace-content-at-label", store, "missing", f, expect=3)
+    old = tmp_path / "old"
+    old.write_bytes(b"old")
+    d_old = casfs.out("store-at-label", store, "l", old)
+    casfs.run("store-at-label", "--expect", "0" * 64, store, "l", f, expect=3)
+    assert casfs.out("list-all-content", store).split() == [d_old]
+    assert casfs.out("get-by-label", store, "l") == d_old
