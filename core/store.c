@@ -305,6 +305,11 @@ struct casfs_writer {
 	uint64_t size;               /* staged size */
 	uint64_t hashed;             /* bytes [0, hashed) are in h, in order */
 	bool rehash;                 /* h is not usable: hash the file at commit */
+	/* Writes that arrived ahead of the hashed prefix (a multithreaded
+	 * filesystem may deliver sequential writes slightly out of order):
+	 * hashed from the staging file's page cache once the gap fills. */
+	struct { uint64_t off, len; } ahead[32];
+	unsigned nahead;
 	char committed[CASFS_HEX_MAX]; /* last committed digest, "" if none */
 };
 
@@ -401,6 +406,7 @@ static int writer_restage(casfs_writer *w)
 	casfs__hash_reset(w->h);
 	w->size = w->hashed = 0;
 	w->rehash = false;
+	w->nahead = 0;
 	if (!w->committed[0])
 		return 0;
 	int src;
@@ -420,6 +426,38 @@ fail:
 	return rc;
 }
 
+/* Hashes the writes held ahead that now continue the hashed prefix. */
+static int writer_catch_up(casfs_writer *w)
+{
+	bool progress = true;
+	while (progress && w->nahead && !w->rehash) {
+		progress = false;
+		for (unsigned i = 0; i < w->nahead; i++) {
+			if (w->ahead[i].off != w->hashed)
+				continue;
+			uint64_t len = w->ahead[i].len;
+			char buf[65536];
+			for (uint64_t done = 0; done < len;) {
+				size_t want = len - done < sizeof(buf) ? (size_t)(len - done) : sizeof(buf);
+				ssize_t r = pread(w->st.fd, buf, want, (off_t)(w->hashed));
+				if (r <= 0) {
+					w->rehash = true;
+					return 0;
+				}
+				int rc = casfs__hash_update(w->h, buf, (size_t)r);
+				if (rc < 0)
+					return rc;
+				w->hashed += (uint64_t)r;
+				done += (uint64_t)r;
+			}
+			w->ahead[i] = w->ahead[--w->nahead];
+			progress = true;
+			break;
+		}
+	}
+	return 0;
+}
+
 int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off)
 {
 	int rc = writer_restage(w);
@@ -427,12 +465,25 @@ int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off
 		return rc;
 	if ((rc = casfs__pwrite_all(w->st.fd, buf, n, off)) < 0)
 		return casfs__errno(rc, "cannot write to staging file");
-	if (!w->rehash && off == w->hashed && w->hashed == w->size) {
+	if (n == 0)
+		return 0;
+	if (w->rehash) {
+		/* hash at commit */
+	} else if (off == w->hashed) {
 		if ((rc = casfs__hash_update(w->h, buf, n)) < 0)
 			return rc;
 		w->hashed += n;
-	} else if (n > 0) {
-		w->rehash = true;
+		if ((rc = writer_catch_up(w)) < 0)
+			return rc;
+	} else if (off > w->hashed && w->nahead < sizeof(w->ahead) / sizeof(w->ahead[0])) {
+		for (unsigned i = 0; i < w->nahead; i++)
+			if (off < w->ahead[i].off + w->ahead[i].len && w->ahead[i].off < off + n)
+				w->rehash = true; /* overlapping rewrites: hash at commit */
+		w->ahead[w->nahead].off = off;
+		w->ahead[w->nahead].len = n;
+		w->nahead++;
+	} else {
+		w->rehash = true; /* a rewrite of hashed bytes, or too scattered */
 	}
 	if (off + n > w->size)
 		w->size = off + n;
@@ -460,6 +511,7 @@ int casfs_writer_truncate(casfs_writer *w, uint64_t size)
 		casfs__hash_reset(w->h);
 		w->hashed = 0;
 		w->rehash = false;
+		w->nahead = 0;
 	} else {
 		w->rehash = true;
 	}
@@ -486,7 +538,7 @@ int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 		return 1;
 	}
 	int rc;
-	if (w->rehash || w->hashed != w->size)
+	if (w->rehash || w->hashed != w->size || w->nahead)
 		rc = casfs__hash_fd(w->s->algo, w->st.fd, hex, NULL);
 	else
 		rc = casfs__hash_final(w->h, hex);
@@ -549,7 +601,7 @@ int casfs_writer_commit_many(casfs_writer **ws, size_t n, char (*hex_out)[CASFS_
 			ret_out[i] = casfs__writer_prepare(w, hex_out[i]);
 			continue;
 		}
-		int rc = (w->rehash || w->hashed != w->size)
+		int rc = (w->rehash || w->hashed != w->size || w->nahead)
 				 ? casfs__hash_fd(s->algo, w->st.fd, hex_out[i], NULL)
 				 : casfs__hash_final(w->h, hex_out[i]);
 		ret_out[i] = rc;
@@ -645,7 +697,7 @@ int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, vo
 	int rc = writer_restage(w);
 	if (rc < 0)
 		return rc;
-	if (w->rehash || w->hashed != w->size) {
+	if (w->rehash || w->hashed != w->size || w->nahead) {
 		/* Not a clean sequential stream: plain writes, hash at commit. */
 		char *buf = malloc(CHUNK);
 		if (!buf)
