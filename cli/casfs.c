@@ -831,7 +831,8 @@ static const struct verb *find_verb(const char *name)
 
 static void print_verb_help(const struct verb *v)
 {
-	printf("usage: casfs [--root ROOT] %s\n\n%s.\n\n%s\n", v->usage, v->summary, v->details);
+	printf("usage: casfs %s%s\n\n%s.\n\n%s\n", strcmp(v->name, "mount") ? "[--root ROOT] " : "",
+	       v->usage, v->summary, v->details);
 }
 
 static void print_general_help(void)

@@ -74,8 +74,13 @@ static int take_opts(char *opts, char **pass)
 			fs.read_only = false;
 			add_opt(pass, o);
 		} else if (!strcmp(o, "defaults") || !strncmp(o, "fsname=", 7) ||
-			   !strncmp(o, "subtype=", 8)) {
-			/* defaults: nothing; fsname/subtype: always ours */
+			   !strncmp(o, "subtype=", 8) || !strcmp(o, "relatime") ||
+			   !strcmp(o, "strictatime") || !strcmp(o, "nodiratime") ||
+			   !strcmp(o, "diratime") || !strcmp(o, "lazytime") ||
+			   !strcmp(o, "nolazytime")) {
+			/* defaults: nothing; fsname/subtype: always ours; casfs
+			 * keeps no access times, so the atime words are moot
+			 * (and libfuse refuses some of them). */
 		} else {
 			add_opt(pass, o);
 		}

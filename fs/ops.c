@@ -122,7 +122,6 @@ struct version {
 	int handles;              /* open handles (under cur_mu) */
 	int refs;                 /* the handles together hold one; lookups take more */
 	bool dirty;               /* changed since last commit */
-	bool written;             /* written or truncated since opened */
 	bool detached;            /* name unlinked: never commit */
 	bool set_mode, set_mtime;
 	uint32_t mode;
@@ -267,7 +266,11 @@ static struct version *handle_version(struct fuse_file_info *fi)
 
 static void fill_dir(struct stat *st, fuse_ino_t ino, mode_t mode)
 {
+	static struct timespec started;
 	memset(st, 0, sizeof(*st));
+	if (!started.tv_sec)
+		clock_gettime(CLOCK_REALTIME, &started);
+	st->st_mtim = st->st_ctim = st->st_atim = started;
 	st->st_ino = ino;
 	st->st_mode = S_IFDIR | mode;
 	st->st_nlink = 2;
@@ -862,6 +865,10 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		rc = -EPERM;
 	} else if (q->kind != K_LDIR && q->kind != K_IDIR) {
 		rc = -EPERM;
+	} else if ((q->kind == K_LDIR) != (x->kind == K_LINK)) {
+		/* A hard link keeps the file type: symlinks link within
+		 * labels/, regular files (blobs, incoming/) into incoming/. */
+		rc = -EXDEV;
 	} else if (q->st != x->st) {
 		rc = -EXDEV;
 	} else {
@@ -1087,7 +1094,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	pthread_mutex_lock(&v->mu);
 	int rc = casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
 	if (rc == 0) {
-		v->dirty = v->written = true;
+		v->dirty = true;
 		v->mtime_ns = now_ns();
 	}
 	pthread_mutex_unlock(&v->mu);
@@ -1110,10 +1117,10 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		pthread_mutex_lock(&v->mu);
 		/* The kernel flushes at every close(2) of a descriptor, also of
 		 * one whose duplicate stays open (`cmd > file` opens, dup2()s,
-		 * closes).  A version never written since it was opened is not
-		 * committed then, so such a close does not publish an empty
-		 * file; release commits it. */
-		if ((v->handles <= 1 || fs.sync) && v->written)
+		 * closes): such a close commits what is there, as a truncating
+		 * open shows an empty file at once on any filesystem; the last
+		 * close commits again if written since. */
+		if (v->handles <= 1 || fs.sync)
 			rc = version_commit(v, false);
 		pthread_mutex_unlock(&v->mu);
 	}
@@ -1182,8 +1189,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		/* data/, blobs, symlinks and the fixed directories keep
 		 * their attributes; a time change on them is harmless and
 		 * ignored so that tools like touch -h and tar succeed. */
-		if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
-			rc = x->kind == K_BLOB || x->kind == K_DATA ? -EPERM : -EPERM;
+		if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_SIZE))
+			rc = -EPERM;
+		else if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) && x->kind != K_LINK)
+			rc = -EPERM; /* label symlinks take cp -a's lchown as a no-op */
 		if (rc == 0)
 			op_getattr(req, ino, fi);
 		else
@@ -1222,7 +1231,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			if (!staged(v) && (uint64_t)attr->st_size == v->base_size) {
 				/* nothing to do */
 			} else if ((rc = casfs_writer_truncate(v->w, (uint64_t)attr->st_size)) == 0) {
-				v->dirty = v->written = true;
+				v->dirty = true;
 				v->mtime_ns = now_ns();
 			}
 		}
