@@ -49,6 +49,11 @@ struct node {
 	uint64_t nlookup;      /* the kernel's references */
 	uint64_t pins;         /* ours: open versions */
 	struct version *cur;   /* K_IFILE: the version new handles share */
+	/* Set when the name was removed or replaced (rm, mv over it) while
+	 * the kernel still knows the inode: it then keeps showing what it
+	 * was, like an unlinked inode, and is never written again. */
+	bool gone;
+	char frozen[CASFS_HEX_MAX]; /* its digest then ("" for none) */
 	struct node *next_ino, *next_key;
 };
 
@@ -77,7 +82,13 @@ void node_pin(struct node *x);
 void node_unpin(struct node *x);
 /* A copy of the node's current name (it changes on rename); free it. */
 char *node_name(struct node *x);
-void node_renamed(struct fstore *st, bool incoming_side, const char *from, const char *to);
+/* After a rename of labels from -> to: nodes at to (replaced) become gone,
+ * nodes at or under from take the new names.  Returns the replaced
+ * incoming/ node, pinned, if there is one (unpin it). */
+struct node *node_renamed(struct fstore *st, const char *from, const char *to, const char *to_digest);
+/* After the label name was removed: its nodes become gone, remembering
+ * digest.  Returns its incoming/ node, pinned, if there is one (unpin it). */
+struct node *node_gone(struct fstore *st, const char *name, const char *digest);
 
 int fstore_get(const char *id, struct fstore **out);
 void fstore_ref(struct fstore *st);

@@ -218,6 +218,7 @@ out_signals:
 out_session:
 	fuse_session_destroy(fs.se);
 out_root:
+	fuse_opt_free_args(&args);
 	fstore_close_all();
 	casfs_root_free(fs.root);
 	free(pass);

@@ -203,32 +203,60 @@ static void rename_kind(enum kind k, struct fstore *st, const char *from, const 
 	}
 }
 
-void node_renamed(struct fstore *st, bool incoming_side, const char *from, const char *to)
+/* Marks the nodes at name gone (tbl_mu held); returns the K_IFILE one. */
+static struct node *mark_gone(struct fstore *st, const char *name, const char *digest)
 {
-	(void)incoming_side;
-	pthread_mutex_lock(&tbl_mu);
-	/* A node already at the target is replaced: move it out of the way. */
 	static const enum kind kinds[] = { K_LDIR, K_LINK, K_IDIR, K_IFILE };
+	struct node *ifile = NULL;
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-		size_t b = hash_key(kinds[i], st, to) % nbuckets;
+		size_t b = hash_key(kinds[i], st, name) % nbuckets;
 		for (struct node *x = by_key[b]; x; x = x->next_key) {
-			if (x->kind == kinds[i] && x->st == st && !strcmp(x->name, to)) {
-				unlink_key(x);
-				char *nn = NULL;
-				if (asprintf(&nn, "%s\x01replaced.%llu", to, (unsigned long long)x->ino) >= 0) {
-					free(x->name);
-					x->name = nn;
-				}
-				size_t b2 = hash_key(x->kind, x->st, x->name) % nbuckets;
-				x->next_key = by_key[b2];
-				by_key[b2] = x;
-				break;
+			if (x->kind != kinds[i] || x->st != st || strcmp(x->name, name) != 0)
+				continue;
+			/* Out of the way of the name: a unique key nobody
+			 * looks up, and the flag that stops label calls. */
+			unlink_key(x);
+			char *nn = NULL;
+			if (asprintf(&nn, "%s\x01gone.%llu", name, (unsigned long long)x->ino) >= 0) {
+				free(x->name);
+				x->name = nn;
 			}
+			x->gone = true;
+			snprintf(x->frozen, sizeof(x->frozen), "%s", digest ? digest : "");
+			size_t b2 = hash_key(x->kind, x->st, x->name) % nbuckets;
+			x->next_key = by_key[b2];
+			by_key[b2] = x;
+			if (x->kind == K_IFILE) {
+				x->pins++;
+				ifile = x;
+			}
+			break;
 		}
 	}
+	return ifile;
+}
+
+struct node *node_gone(struct fstore *st, const char *name, const char *digest)
+{
+	pthread_mutex_lock(&tbl_mu);
+	struct node *x = nbuckets ? mark_gone(st, name, digest) : NULL;
+	pthread_mutex_unlock(&tbl_mu);
+	return x;
+}
+
+struct node *node_renamed(struct fstore *st, const char *from, const char *to, const char *to_digest)
+{
+	pthread_mutex_lock(&tbl_mu);
+	if (!nbuckets) {
+		pthread_mutex_unlock(&tbl_mu);
+		return NULL;
+	}
+	struct node *replaced = mark_gone(st, to, to_digest);
+	static const enum kind kinds[] = { K_LDIR, K_LINK, K_IDIR, K_IFILE };
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
 		rename_kind(kinds[i], st, from, to);
 	pthread_mutex_unlock(&tbl_mu);
+	return replaced;
 }
 
 /* -------------------------------------------------------------- stores */

@@ -99,11 +99,6 @@ static bool in_labels(enum kind k)
 	return k == K_LDIR || k == K_LINK;
 }
 
-static bool in_incoming(enum kind k)
-{
-	return k == K_IDIR || k == K_IFILE;
-}
-
 /* ------------------------------------------------------------- versions */
 
 /*
@@ -158,6 +153,26 @@ static void version_put(struct version *v)
 	pthread_mutex_unlock(&cur_mu);
 	if (last)
 		version_free(v);
+}
+
+/* The name of x is gone (rm, or mv over it): its version, if any, never
+ * commits.  Unpins x.  Returns whether there was a version. */
+static bool detach_version(struct node *x)
+{
+	pthread_mutex_lock(&cur_mu);
+	struct version *v = x->cur;
+	x->cur = NULL;
+	if (v)
+		v->refs++;
+	pthread_mutex_unlock(&cur_mu);
+	if (v) {
+		pthread_mutex_lock(&v->mu);
+		v->detached = true;
+		pthread_mutex_unlock(&v->mu);
+		version_put(v);
+	}
+	node_unpin(x);
+	return v != NULL;
 }
 
 static bool staged(const struct version *v)
@@ -341,6 +356,34 @@ static int node_stat(struct node *x, struct stat *st, double *timeout)
 static int node_stat_label(struct node *x, struct stat *st, struct version *v)
 {
 	int rc;
+	if (x->gone) {
+		/* What it was when its name went away. */
+		casfs_label_info li = { .mode = 0644, .uid = fs.uid, .gid = fs.gid };
+		li.is_dir = x->kind == K_LDIR || x->kind == K_IDIR;
+		li.mtime_ns = li.ctime_ns = now_ns();
+		fill_label_common(st, x, &li);
+		st->st_nlink = li.is_dir ? 2 : 0;
+		uint64_t size = 0;
+		if (li.is_dir) {
+			st->st_mode = S_IFDIR | 0755;
+		} else if (x->kind == K_LINK) {
+			char *t = link_target(x->name, x->frozen);
+			st->st_mode = S_IFLNK | 0777;
+			size = t ? strlen(t) : 0;
+			free(t);
+		} else {
+			st->st_mode = S_IFREG | 0644;
+			if (v) {
+				pthread_mutex_lock(&v->mu);
+				size = version_size(v);
+				pthread_mutex_unlock(&v->mu);
+			} else if (x->frozen[0]) {
+				casfs_blob_size(x->st->s, x->frozen, &size);
+			}
+		}
+		st->st_size = (off_t)size;
+		return 0;
+	}
 	char *name = node_name(x);
 	if (!name)
 		return -ENOMEM;
@@ -729,7 +772,8 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	}
 	char *name = node_name(x);
 	char hex[CASFS_HEX_MAX];
-	int rc = name ? casfs_label_get(x->st->s, name, hex) : -ENOMEM;
+	int rc = !name ? -ENOMEM : x->gone ? (snprintf(hex, sizeof(hex), "%s", x->frozen), hex[0] ? 0 : -ENOENT)
+			     : casfs_label_get(x->st->s, name, hex);
 	char *t = rc == 0 ? link_target(name, hex) : NULL;
 	free(name);
 	if (rc < 0)
@@ -784,28 +828,14 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		char *pn = node_name(p);
 		char *path = pn ? child_path(pn, name) : NULL;
 		free(pn);
-		rc = path ? casfs_label_remove(p->st->s, path, NULL, NULL) : -ENOMEM;
-		if (p->kind == K_IDIR && path) {
-			/* Open handles of an unlinked name write into the void,
-			 * as on any filesystem: their version never commits. */
-			struct node *x = node_lookup(K_IFILE, p->st, path);
-			if (x) {
-				pthread_mutex_lock(&cur_mu);
-				struct version *v = x->cur;
-				x->cur = NULL;
-				if (v)
-					v->refs++;
-				pthread_mutex_unlock(&cur_mu);
-				if (v) {
-					pthread_mutex_lock(&v->mu);
-					v->detached = true;
-					pthread_mutex_unlock(&v->mu);
-					version_put(v);
-					if (rc == -ENOENT)
-						rc = 0; /* created, never committed */
-				}
-				node_forget(x->ino, 1);
-			}
+		char old[CASFS_HEX_MAX] = "";
+		rc = path ? casfs_label_remove(p->st->s, path, NULL, old) : -ENOMEM;
+		if (path && (rc == 0 || rc == -ENOENT)) {
+			/* Open descriptors keep what they had, as with an
+			 * unlinked inode; writers on it write into the void. */
+			struct node *x = node_gone(p->st, path, old);
+			if (x && detach_version(x) && rc == -ENOENT)
+				rc = 0; /* a file created and not yet committed */
 		}
 		free(path);
 	} else if (p->kind == K_DATA) {
@@ -843,10 +873,16 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		casfs_label_info li;
 		if (rc == 0 && (flags & RENAME_NOREPLACE) && casfs_label_stat(p->st->s, to, &li) == 0)
 			rc = -EEXIST;
+		char old[CASFS_HEX_MAX] = "";
+		if (rc == 0 && casfs_label_get(p->st->s, to, old) < 0)
+			old[0] = '\0';
 		if (rc == 0)
 			rc = casfs_label_rename(p->st->s, from, to);
-		if (rc == 0)
-			node_renamed(p->st, in_incoming(p->kind), from, to);
+		if (rc == 0) {
+			struct node *x = node_renamed(p->st, from, to, old);
+			if (x)
+				detach_version(x);
+		}
 	}
 	free(from);
 	free(to);
@@ -863,6 +899,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		rc = -ENOENT;
 	} else if (x->kind != K_LINK && x->kind != K_IFILE && x->kind != K_BLOB) {
 		rc = -EPERM;
+	} else if (x->gone) {
+		rc = -ENOENT;
 	} else if (q->kind != K_LDIR && q->kind != K_IDIR) {
 		rc = -EPERM;
 	} else if ((q->kind == K_LDIR) != (x->kind == K_LINK)) {
@@ -972,6 +1010,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fi->keep_cache = 1; /* immutable: keep the page cache */
 			fi->noflush = 1;
 		}
+	} else if (x->kind == K_IFILE && x->gone) {
+		/* Opened through a name that has just gone: what it held. */
+		rc = writable || !x->frozen[0] ? -ENOENT : open_plain(x->st, x->frozen, fi);
 	} else if (x->kind == K_IFILE) {
 		if (writable && fs.read_only) {
 			rc = -EROFS;
@@ -1112,7 +1153,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	set_caller(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	int rc = 0;
-	if (h && h->v && h->writable) {
+	if (h && h->v) {
+		/* Whichever handle is last commits, a reader's too. */
 		struct version *v = h->v;
 		pthread_mutex_lock(&v->mu);
 		/* The kernel flushes at every close(2) of a descriptor, also of
@@ -1156,7 +1198,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		pthread_mutex_lock(&v->mu);
 		/* Writes after the last flush (a shared mapping written back
 		 * at munmap) are committed here. */
-		if (v->handles == 1 && h->writable)
+		if (v->handles == 1)
 			version_commit(v, false);
 		pthread_mutex_unlock(&v->mu);
 		pthread_mutex_lock(&cur_mu);
@@ -1201,6 +1243,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	}
 	if (fs.read_only) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (x->gone) {
+		fuse_reply_err(req, ENOENT);
 		return;
 	}
 	char *name = node_name(x);
@@ -1278,6 +1324,10 @@ static int node_digest(struct node *x, char hex[CASFS_HEX_MAX])
 	}
 	if (x->kind != K_LINK && x->kind != K_IFILE)
 		return -ENODATA;
+	if (x->gone) {
+		snprintf(hex, CASFS_HEX_MAX, "%s", x->frozen);
+		return hex[0] ? 0 : -ENODATA;
+	}
 	struct version *v = x->kind == K_IFILE ? cur_get(x) : NULL;
 	if (v) {
 		pthread_mutex_lock(&v->mu);
