@@ -253,6 +253,11 @@ int main(int argc, char **argv)
 		cargv[n++] = "-o";
 		cargv[n++] = kept;
 	}
+	/* For tests and supervisors that want mount(8) to wait for the
+	 * daemon and report its exit status. */
+	const char *fg = secure_getenv("CASFS_MOUNT_FOREGROUND");
+	if (fg && !strcmp(fg, "1"))
+		cargv[n++] = "-f";
 	cargv[n] = NULL;
 	return run_casfs(cargv, verbose, fake);
 }

@@ -55,3 +55,12 @@ def casfs(casfs_bin, tmp_path):
 def store(casfs):
     """A fresh sha256 store; returns its id."""
     return casfs.out("new")
+
+
+@pytest.fixture(scope="session")
+def mount_helper_installed():
+    """/sbin/mount.casfs for this build, so `mount -t casfs` finds it."""
+    from fuse_util import HELPER_PATH, install_mount_helper
+    undo = install_mount_helper()
+    yield HELPER_PATH
+    undo()

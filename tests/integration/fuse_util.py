@@ -27,11 +27,12 @@ import time
 
 import pytest
 
-from conftest import SANITIZER_MARKS, Casfs
+from conftest import BUILD, SANITIZER_MARKS, Casfs
 
 # How the daemon is started; each test using `mounted`/`mounter` runs once
 # per entry.
-MOUNT_HOWS = ("casfs-mount",)
+MOUNT_HOWS = ("casfs-mount", "mount.casfs")
+HELPER_PATH = "/sbin/mount.casfs"
 
 MOUNT_TIMEOUT = 10.0   # seconds to wait for the mount to appear
 EXIT_TIMEOUT = 10.0    # seconds for the daemon to exit after an unmount
@@ -70,7 +71,43 @@ def mount_command(how, exe, root, mnt, opts=(), args=()):
         if opts:
             cmd += ["-o", ",".join(opts)]
         return cmd
+    if how == "mount.casfs":
+        # mount(8) finds /sbin/mount.casfs (see install_mount_helper);
+        # CASFS_MOUNT_FOREGROUND makes the helper keep the daemon in the
+        # foreground, so mount(8) exits with the daemon's status.
+        cmd = ["mount", "-t", "casfs"]
+        if opts:
+            cmd += ["-o", ",".join(opts)]
+        return cmd + [str(root), str(mnt)]
     raise ValueError(f"unknown way of mounting: {how!r}")
+
+
+def mount_env(how, exe):
+    if how == "mount.casfs":
+        return dict(os.environ, CASFS_BIN=exe, CASFS_MOUNT_FOREGROUND="1")
+    return None
+
+
+def install_mount_helper():
+    """Makes mount(8) find this build's mount.casfs: a symlink at
+    /sbin/mount.casfs (as root), unless a real one is installed there.
+    Returns a function that undoes it."""
+    helper = BUILD / "mount-helpers" / "mount.casfs"
+    if not helper.is_file():
+        pytest.fail(f"mount.casfs is not built at {helper}")
+    if os.path.lexists(HELPER_PATH) and not os.path.islink(HELPER_PATH):
+        return lambda: None  # an installed helper: it runs $CASFS_BIN
+    if os.path.islink(HELPER_PATH):
+        os.unlink(HELPER_PATH)
+    try:
+        os.symlink(helper, HELPER_PATH)
+    except OSError as e:
+        pytest.fail(f"cannot install {HELPER_PATH} for the mount.casfs tests: {e} (run as root)")
+
+    def undo():
+        if os.path.islink(HELPER_PATH) and os.readlink(HELPER_PATH) == str(helper):
+            os.unlink(HELPER_PATH)
+    return undo
 
 
 def _unescape_mountinfo(s):
@@ -122,7 +159,8 @@ class Mount:
         self.watchdog_fired = False
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=mount_env(how, casfs.exe),
+                                     start_new_session=True)
         self._watchdog = threading.Timer(WATCHDOG, self._on_watchdog)
         self._watchdog.daemon = True
 
@@ -168,10 +206,18 @@ class Mount:
         assert info["source"] == os.path.realpath(self.root), info
         return info
 
+    def _killpg(self, sig):
+        """Signals the daemon's whole process group: with mount(8) the
+        daemon is mount's child."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def _on_watchdog(self):
         if self.proc.poll() is None:
             self.watchdog_fired = True
-            self.proc.kill()
+            self._killpg(signal.SIGKILL)
 
     def _stop_watchdog(self):
         self._watchdog.cancel()
@@ -209,7 +255,7 @@ class Mount:
         leaves behind; the mount point can then be mounted again."""
         assert self.state == "running", self.state
         self._stop_watchdog()
-        self.proc.send_signal(sig)
+        self._killpg(sig)
         rc = self.proc.wait(timeout=EXIT_TIMEOUT)
         subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True, timeout=EXIT_TIMEOUT)
         self.state = "killed"
@@ -223,7 +269,7 @@ class Mount:
         if os.path.ismount(self.mnt):
             subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True, timeout=EXIT_TIMEOUT)
         if self.proc.poll() is None:
-            self.proc.kill()
+            self._killpg(signal.SIGKILL)
             try:
                 self.proc.wait(timeout=EXIT_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -297,6 +343,8 @@ class Mounter:
 @pytest.fixture(params=MOUNT_HOWS)
 def how(request):
     """How the daemon is started (see MOUNT_HOWS)."""
+    if request.param == "mount.casfs":
+        request.getfixturevalue("mount_helper_installed")
     return request.param
 
 
