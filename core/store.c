@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -691,12 +692,139 @@ static ssize_t read_full(int fd, char *buf, size_t n)
 	return (ssize_t)got;
 }
 
+/* ------------------------------------- large regular files: kernel copy */
+
+struct reader_state {
+	int fd;
+	off_t start;
+	casfs_hash *h;
+	uint64_t hashed;
+	volatile bool stop;
+	int err;
+};
+
+/* Hashes the source file by itself while the main thread has the kernel
+ * copy it: the time is then max(copy, hash), not their sum. */
+static void *source_hasher_main(void *arg)
+{
+	struct reader_state *r = arg;
+	char *buf = malloc(CHUNK);
+	if (!buf) {
+		r->err = -ENOMEM;
+		return NULL;
+	}
+	for (off_t off = r->start; !r->stop;) {
+		ssize_t n = pread(r->fd, buf, CHUNK, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r->err = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		if ((r->err = casfs__hash_update(r->h, buf, (size_t)n)) < 0)
+			break;
+		r->hashed += (uint64_t)n;
+		off += n;
+	}
+	free(buf);
+	return NULL;
+}
+
+static bool same_file_state(const struct stat *a, const struct stat *b)
+{
+	return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec && a->st_ino == b->st_ino;
+}
+
+/* Stages a regular file with copy_file_range while a thread hashes it.
+ * 1 if the kernel cannot copy here (then nothing was done). */
+static int write_fd_kernel_copy(casfs_writer *w, int fd, const struct stat *before,
+				void (*progress)(uint64_t, void *), void *ud)
+{
+	off_t start = lseek(fd, 0, SEEK_CUR);
+	if (start < 0)
+		return 1;
+	struct reader_state r = { .fd = fd, .start = start, .h = w->h };
+	pthread_t th;
+	if (pthread_create(&th, NULL, source_hasher_main, &r) != 0)
+		return 1;
+	loff_t in = start, out = 0;
+	uint64_t synced = 0;
+	bool dosync = !casfs__nosync(w->s);
+	int rc = 0;
+	for (;;) {
+		ssize_t n = copy_file_range(fd, &in, w->st.fd, &out, 8 << 20, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = out == 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP ||
+					  errno == ENOSYS || errno == EBADF)
+				     ? 1
+				     : casfs__errno(-errno, "cannot copy into staging file");
+			break;
+		}
+		if (n == 0)
+			break;
+		if (dosync && (uint64_t)out - synced >= WRITEBACK_EVERY) {
+			sync_file_range(w->st.fd, (off_t)synced, (off_t)((uint64_t)out - synced),
+					SYNC_FILE_RANGE_WRITE);
+			synced = (uint64_t)out;
+		}
+		if (progress)
+			progress((uint64_t)out, ud);
+	}
+	if (rc != 0)
+		r.stop = true;
+	pthread_join(th, NULL);
+	if (rc == 1) {
+		casfs__hash_reset(w->h); /* back to the empty writer we had */
+		return 1;
+	}
+	w->size = (uint64_t)out;
+	lseek(fd, in, SEEK_SET);
+	if (rc < 0)
+		return rc;
+	/* A source changed while we read it twice would make the running
+	 * hash disagree with the copy: then hash the copy at commit. */
+	struct stat after;
+	if (r.err < 0 || r.hashed != (uint64_t)out || fstat(fd, &after) < 0 || !same_file_state(before, &after))
+		w->rehash = true;
+	else
+		w->hashed = (uint64_t)out;
+	return 0;
+}
+
 int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, void *), void *ud)
 {
 	struct pipe_state p = { .h = w->h };
 	int rc = writer_restage(w);
 	if (rc < 0)
 		return rc;
+	struct stat sb;
+	bool regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+	if (regular && sb.st_size >= (off_t)WRITEBACK_EVERY && w->size == 0 && w->hashed == 0 &&
+	    !w->rehash && !w->nahead) {
+		rc = write_fd_kernel_copy(w, fd, &sb, progress, ud);
+		if (rc <= 0)
+			return rc;
+		/* else: the kernel cannot copy between these files */
+	}
+	if (regular && sb.st_size < 65536) {
+		/* Small files: no thread, no big buffers. */
+		char buf[65536];
+		ssize_t n;
+		while ((n = read_full(fd, buf, sizeof(buf))) > 0)
+			if ((rc = casfs_writer_write(w, buf, (size_t)n)) < 0)
+				return rc;
+		if (n < 0)
+			return casfs__errno((int)n, "read");
+		if (progress)
+			progress(w->size, ud);
+		return 0;
+	}
 	if (w->rehash || w->hashed != w->size || w->nahead) {
 		/* Not a clean sequential stream: plain writes, hash at commit. */
 		char *buf = malloc(CHUNK);

@@ -231,6 +231,50 @@ static void test_blobs(casfs_store *s)
 	IS(n, 3, "stray file not listed");
 	unlink(p);
 	OK(journal_has(s, "\"op\":\"store\"", sha256_hello, "\"outcome\":\"ok\""), "journal records store");
+
+	/* A large regular file takes the kernel-copy path (copy_file_range
+	 * with a hashing thread); its digest must match a plain writer's. */
+	{
+		size_t n9 = (9u << 20) + 777;
+		unsigned char *d9 = malloc(n9);
+		for (size_t i = 0; i < n9; i++)
+			d9[i] = (unsigned char)((i * 7919u) >> 5);
+		char f9[4096], w9[CASFS_HEX_MAX], r9[CASFS_HEX_MAX];
+		snprintf(f9, sizeof(f9), "%s/large-source", root_path);
+		write_file(f9, d9, n9);
+		casfs_writer *pw;
+		casfs_writer_open(&pw, s);
+		casfs_writer_write(pw, d9, n9);
+		IS(casfs_writer_commit(pw, w9), 0, "reference digest of the large file");
+		casfs_writer_free(pw);
+		int ffd = open(f9, O_RDONLY);
+		OK(lseek(ffd, 0, SEEK_SET) == 0, "source at offset 0");
+		IS(casfs_blob_put_fd(s, ffd, r9, NULL, NULL), 1, "put_fd of a large regular file (already stored)");
+		STR_IS(r9, w9, "kernel-copy path digest");
+		OK(lseek(ffd, 0, SEEK_CUR) == (off_t)n9, "source offset left at its end");
+		close(ffd);
+		/* And into a fresh store, so the copy is really published. */
+		casfs_store *s2;
+		char id2[CASFS_ID_MAX + 1];
+		casfs_store_create(root, NULL, CASFS_SHA256, id2, sizeof(id2));
+		casfs_store_open(&s2, root, id2);
+		ffd = open(f9, O_RDONLY);
+		IS(casfs_blob_put_fd(s2, ffd, r9, NULL, NULL), 0, "put_fd of a large regular file (new)");
+		close(ffd);
+		int bfd;
+		IS(casfs_blob_open(s2, r9, &bfd), 0, "open the copied blob");
+		int devnull = open("/dev/null", O_WRONLY);
+		IS(casfs_blob_verify_copy(s2, r9, bfd, devnull), 0, "the copied blob hashes to its name");
+		close(devnull);
+		close(bfd);
+		casfs_gc_opts go0 = { .grace_seconds = 0 };
+		casfs_gc(s2, &go0, NULL);
+		casfs_store_free(s2);
+		IS(casfs_store_remove(root, id2), 0, "scratch store removed");
+		unlink(f9);
+		free(d9);
+	}
+
 }
 
 static void test_writer(casfs_store *s)
