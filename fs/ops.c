@@ -118,6 +118,7 @@ struct version {
 	int refs;                 /* the handles together hold one; lookups take more */
 	bool dirty;               /* changed since last commit */
 	bool detached;            /* name unlinked: never commit */
+	int err;                  /* a write failed: never commit, close reports it */
 	bool set_mode, set_mtime;
 	uint32_t mode;
 	int64_t mtime_ns;         /* of the last change or of utimens */
@@ -248,6 +249,8 @@ static void version_free(struct version *v)
 /* Commits v under its node's current name (v->mu held). */
 static int version_commit(struct version *v, bool force)
 {
+	if (v->err)
+		return v->err; /* a failed write leaves the old version in place */
 	if (v->detached || (!v->dirty && !force))
 		return 0;
 	struct node *x = v->node;
@@ -1016,19 +1019,32 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (x->kind == K_IFILE) {
 		if (writable && fs.read_only) {
 			rc = -EROFS;
-		} else if (writable || (v_active = cur_get(x)) != NULL) {
-			if (v_active)
-				version_put(v_active);
+		} else if (writable) {
 			rc = open_version(x, fi->flags, fi);
 		} else {
-			/* A reader of the committed version: a snapshot that a
-			 * later commit does not change. */
+			/* A reader sees the committed version, a snapshot that a
+			 * later commit does not change: never a half-written
+			 * one.  A file created and not yet committed reads as
+			 * empty. */
 			char *name = node_name(x);
 			char hex[CASFS_HEX_MAX];
 			rc = name ? casfs_label_get(x->st->s, name, hex) : -ENOMEM;
 			free(name);
-			if (rc == 0)
+			if (rc == 0) {
 				rc = open_plain(x->st, hex, fi);
+				/* The kernel's page cache of this inode is the
+				 * writers': read past it, from the snapshot. */
+				fi->direct_io = 1;
+			} else if (rc == -ENOENT && (v_active = cur_get(x)) != NULL) {
+				fi->direct_io = 1;
+				version_put(v_active);
+				struct handle *h = calloc(1, sizeof(*h));
+				rc = h ? 0 : -ENOMEM;
+				if (h) {
+					h->fd = -1;
+					fi->fh = (uint64_t)(uintptr_t)h;
+				}
+			}
 		}
 	} else {
 		rc = -EISDIR;
@@ -1098,6 +1114,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].pos = off;
 	if (!h->v) {
+		if (h->fd < 0) {
+			fuse_reply_buf(req, NULL, 0); /* created, not yet committed */
+			return;
+		}
 		bv.buf[0].fd = h->fd;
 		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
@@ -1133,10 +1153,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	struct version *v = h->v;
 	pthread_mutex_lock(&v->mu);
-	int rc = casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
+	int rc = v->err ? v->err : casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
 	if (rc == 0) {
 		v->dirty = true;
 		v->mtime_ns = now_ns();
+	} else if (!v->err) {
+		v->err = rc;
+		fs_log(LOG_WARNING, "write to %s/incoming/%s failed: %s; this version will not be committed",
+		       v->node->st->id, v->node->name, casfs_error_last());
 	}
 	pthread_mutex_unlock(&v->mu);
 	if (rc < 0)
@@ -1279,6 +1303,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			} else if ((rc = casfs_writer_truncate(v->w, (uint64_t)attr->st_size)) == 0) {
 				v->dirty = true;
 				v->mtime_ns = now_ns();
+			} else if (!v->err) {
+				v->err = rc;
 			}
 		}
 		if (to_set & FUSE_SET_ATTR_MODE) {

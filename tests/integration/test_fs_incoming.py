@@ -271,26 +271,34 @@ def test_fsync_commits_while_open(mounted):
 
 
 def test_handles_share_one_version_until_the_last_close(mounted):
-    """SPEC §4: while a name is open, all handles share the staged version;
-    the last close commits it."""
+    """SPEC §4: while a name is open for writing, its writable handles share
+    the staged version and the last of them to close commits it; a
+    read-only open sees only committed content (no reader ever sees a
+    half-written file), and keeps it after the commit."""
     m = mounted
     sid, mdir, bdir = fresh(m)
     p = mdir / "incoming" / "shared"
-    w = open(p, "wb")
-    r = None
+    p.write_bytes(b"committed")
+    w = open(p, "r+b")
+    rw = r = None
     try:
-        w.write(b"staged, not yet committed")
+        w.write(b"STAGED")
         w.flush()
-        r = open(p, "rb")
-        assert r.read() == b"staged, not yet committed"  # the reader shares it
+        rw = open(p, "r+b")  # a second writable handle shares the version
+        assert rw.read() == b"STAGEDted"
+        r = open(p, "rb")  # a reader: the committed version only
+        assert r.read() == b"committed"
         w.close()
-        r.close()  # the last handle to close is a reader
+        assert committed(bdir, "shared") == b"committed"  # rw is still open
+        rw.close()  # the last writable handle: commits
+        assert committed(bdir, "shared") == b"STAGEDted"
+        r.seek(0)
+        assert r.read() == b"committed"  # opened before the commit
     finally:
-        w.close()
-        if r:
-            r.close()
-    assert committed(bdir, "shared") == b"staged, not yet committed"
-    assert p.read_bytes() == b"staged, not yet committed"
+        for f in (w, rw, r):
+            if f:
+                f.close()
+    assert p.read_bytes() == b"STAGEDted"
 
 
 def test_two_writers_share_one_version(mounted):

@@ -1,0 +1,188 @@
+"""More of SPEC §4–§6 through a real mount: shared writable mmap, readers
+racing commits, the caller's uid and pid in the journal, a full disk seen
+by close(2), the fstab line, and the permission options."""
+import errno
+import json
+import mmap
+import os
+import subprocess
+import threading
+
+import pytest
+
+from fuse_util import (how, mounted, mounter, poll, sha256,  # noqa: F401
+                       staging_files)
+
+
+def fresh(m):
+    sid = m.casfs.out("new")
+    return sid, m.mnt / sid, m.root / sid
+
+
+def label_digest(bdir, name):
+    p = bdir / "labels" / name
+    return p.read_text() if p.exists() else None
+
+
+def test_shared_writable_mmap_is_committed(mounted):
+    sid, d, bdir = fresh(mounted)
+    body = bytes(range(256)) * 64  # 16 KiB
+    fd = os.open(d / "incoming" / "mapped", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, len(body))
+        mm = mmap.mmap(fd, len(body), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        mm[:] = body
+        mm.flush()
+        mm.close()
+    finally:
+        os.close(fd)
+    # Committed by the time close returned (or at release, just after).
+    poll(lambda: label_digest(bdir, "mapped") == sha256(body), 2, "mmap'd content committed")
+    assert (d / "labels" / "mapped").read_bytes() == body
+
+
+def test_readers_never_see_a_partial_version(mounted):
+    sid, d, bdir = fresh(mounted)
+    versions = [bytes([i]) * (256 * 1024 + i) for i in range(1, 9)]
+    digests = {sha256(v) for v in versions}
+    (d / "incoming" / "x").write_bytes(versions[0])
+    stop = threading.Event()
+    bad = []
+    reads = [0]
+
+    def reader(path):
+        while not stop.is_set():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            reads[0] += 1
+            if sha256(data) not in digests:
+                bad.append(len(data))
+
+    readers = [threading.Thread(target=reader, args=(d / sub / "x",)) for sub in ("labels", "incoming")]
+    for t in readers:
+        t.start()
+    try:
+        for rnd in range(40):
+            (d / "incoming" / "x").write_bytes(versions[rnd % len(versions)])
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(timeout=30)
+    assert reads[0] > 0
+    assert not bad, f"readers saw {len(bad)} partial versions (sizes {bad[:5]})"
+    assert label_digest(bdir, "x") == sha256(versions[39 % len(versions)])
+
+
+def test_journal_records_the_callers_uid_and_pid(mounted):
+    sid, d, bdir = fresh(mounted)
+    p = subprocess.run(["sh", "-c", f"echo $$; printf hello > {d / 'incoming' / 'who'}"],
+                       capture_output=True, text=True, check=True)
+    writer_pid = int(p.stdout.strip())
+    events = [json.loads(x) for x in mounted.casfs.out("events", sid).splitlines()]
+    mine = [e for e in events if e.get("label") == "who" and e["outcome"] == "ok"]
+    assert mine, events
+    assert mine[-1]["uid"] == os.getuid()
+    assert mine[-1]["pid"] == writer_pid
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs-root"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_fails_at_write_or_close_and_keeps_the_old_version(mounter, small_tmpfs, tmp_path):
+    m = mounter(root=small_tmpfs, mnt=tmp_path / "mnt")
+    sid, d, bdir = fresh(m)
+    old = b"old content\n"
+    (d / "incoming" / "f").write_bytes(old)
+    big = os.urandom(6 << 20)
+    err = None
+    fd = os.open(d / "incoming" / "f", os.O_WRONLY | os.O_TRUNC)
+    try:
+        try:
+            os.write(fd, big)
+        except OSError as e:
+            err = e
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            err = err or e
+    assert err is not None and err.errno == errno.ENOSPC, f"expected ENOSPC at write or close, got {err!r}"
+    # The old label and content are untouched, and no debris is left.
+    assert label_digest(bdir, "f") == sha256(old)
+    assert (d / "labels" / "f").read_bytes() == old
+    assert staging_files(bdir) == []
+    # Space freed: the same mount works again.
+    (d / "incoming" / "g").write_bytes(b"after")
+    assert label_digest(bdir, "g") == sha256(b"after")
+
+
+def test_fstab_line_mounts_with_mount_a_style_options(mount_helper_installed, casfs_bin, tmp_path):
+    """`ROOT MNT casfs defaults,noauto,nofail,_netdev,noatime 0 0` in an
+    fstab: mount -T FSTAB MNT mounts it through /sbin/mount.casfs (the
+    daemon detaches, mount returns), and umount ends the daemon."""
+    root, mnt = tmp_path / "fstab-root", tmp_path / "fstab-mnt"
+    root.mkdir()
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{root} {mnt} casfs defaults,noauto,nofail,_netdev,noatime 0 0\n")
+    env = dict(os.environ, CASFS_BIN=casfs_bin)
+    subprocess.run(["mount", "-T", str(fstab), str(mnt)], check=True, env=env, timeout=30)
+    try:
+        assert os.path.ismount(mnt)
+        with open("/proc/self/mountinfo") as f:
+            line = next(x for x in f if f" {mnt} " in x)
+        assert " - fuse.casfs " in line and f" {root} " in line, line
+        sid = subprocess.run([casfs_bin, "--root", str(root), "new"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        (mnt / sid / "incoming" / "a").write_bytes(b"via fstab")
+        assert (root / sid / "labels" / "a").read_text() == sha256(b"via fstab")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, timeout=30)
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+    assert not os.path.ismount(mnt)
+
+    def daemon_gone():
+        out = subprocess.run(["pgrep", "-f", f"mount {root} {mnt}"], capture_output=True, text=True)
+        return out.stdout.strip() == ""
+    poll(daemon_gone, 10, "the daemon to exit after umount")
+
+
+def test_permission_options_reach_the_kernel(mounter, tmp_path):
+    m = mounter(opts=("allow_other", "default_permissions"))
+    with open("/proc/self/mountinfo") as f:
+        line = next(x for x in f if f" {m.mnt} " in x)
+    assert "allow_other" in line and "default_permissions" in line, line
+    sid, d, bdir = fresh(m)
+    (d / "incoming" / "p").write_bytes(b"x")
+    assert (d / "labels" / "p").read_bytes() == b"x"
+
+
+def test_blobs_keep_the_page_cache_across_opens(mounter):
+    """A blob read twice, through two opens, is read from the daemon once:
+    the kernel keeps its pages (libfuse's debug option logs each READ)."""
+    m = mounter(opts=("debug",))
+    m.expect_log("error")  # libfuse's debug lines say "error: 0 (Success)"
+    sid, d, bdir = fresh(m)
+    body = os.urandom(1 << 20)
+    (d / "incoming" / "blob").write_bytes(body)
+    blob = d / "data" / sha256(body)
+
+    def reads():
+        return m.log().count("opcode: READ ")
+    before = reads()
+    assert blob.read_bytes() == body
+    first = reads()
+    assert first > before, "the first read did not reach the daemon"
+    assert blob.read_bytes() == body
+    assert reads() == first, "the second open read the blob from the daemon again"
