@@ -35,7 +35,7 @@ enum { EXIT_OK = 0, EXIT_ERR = 1 };
 /* The kept options and the command line of casfs.  File-scope, so that they
  * stay reachable (no leak to report) on the paths that return. */
 static char *kept;
-static char *cargv[7];
+static char *cargv[8]; /* casfs mount ROOT MNT -o OPTS -f NULL */
 
 static const char usage_text[] =
 	"usage: mount.casfs ROOT MOUNTPOINT [-sfnv] [-o opt[,opt...]] [-t type]\n"
