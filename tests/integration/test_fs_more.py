@@ -186,3 +186,66 @@ def test_blobs_keep_the_page_cache_across_opens(mounter):
     assert first > before, "the first read did not reach the daemon"
     assert blob.read_bytes() == body
     assert reads() == first, "the second open read the blob from the daemon again"
+
+
+def test_sync_option_commits_at_every_close(mounter):
+    """-o sync: a close of any descriptor that wrote commits, even while
+    another descriptor of the same version stays open."""
+    m = mounter(opts=("sync",))
+    sid, d, bdir = fresh(m)
+    p = d / "incoming" / "s"
+    a = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    b = os.open(p, os.O_RDWR)
+    try:
+        os.write(a, b"first")
+        os.close(a)
+        a = None
+        assert label_digest(bdir, "s") == sha256(b"first")  # b is still open
+        os.pwrite(b, b"FIRST", 0)
+    finally:
+        if a is not None:
+            os.close(a)
+        os.close(b)
+    assert label_digest(bdir, "s") == sha256(b"FIRST")
+
+
+def test_other_xattrs_are_answered_at_once(mounted):
+    sid, d, bdir = fresh(mounted)
+    (d / "incoming" / "x").write_bytes(b"x")
+    for p in (d / "incoming" / "x", d / "data" / sha256(b"x"), d / "labels"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(p, "security.capability")
+        assert e.value.errno == errno.ENODATA
+        with pytest.raises(OSError) as e:
+            os.setxattr(p, "user.other", b"v")
+        assert e.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as e:
+        os.setxattr(d / "incoming" / "x", "user.casfs.hash", b"0" * 64)
+    assert e.value.errno == errno.EPERM
+    assert os.listxattr(d / "incoming" / "x") == ["user.casfs.hash"]
+
+
+def test_daemonized_mount_logs_to_syslog(casfs_bin, tmp_path):
+    """Without -f the daemon detaches and logs to syslog (/dev/log)."""
+    import socket
+    if os.path.exists("/dev/log"):
+        pytest.skip("/dev/log belongs to this machine's syslog; the check needs it free")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("/dev/log")
+    sock.settimeout(10)
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    root.mkdir()
+    mnt.mkdir()
+    try:
+        p = subprocess.run([casfs_bin, "mount", str(root), str(mnt)], capture_output=True, text=True,
+                           timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert p.stderr == "", "a daemonized mount printed to stderr"
+        msg = sock.recv(4096).decode(errors="replace")
+        assert "casfs" in msg and f"mounted {root} on {mnt}" in msg, msg
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, timeout=30)
+        sock.close()
+        os.unlink("/dev/log")
+    poll(lambda: subprocess.run(["pgrep", "-f", f"casfs mount {root} "], capture_output=True).returncode != 0,
+         10, "the daemon to exit after fusermount3 -u")
