@@ -249,3 +249,26 @@ def test_daemonized_mount_logs_to_syslog(casfs_bin, tmp_path):
         os.unlink("/dev/log")
     poll(lambda: subprocess.run(["pgrep", "-f", f"casfs mount {root} "], capture_output=True).returncode != 0,
          10, "the daemon to exit after fusermount3 -u")
+
+
+def test_mkdir_with_hash_sha1_makes_a_sha1_store(mounter):
+    m = mounter(opts=("hash=sha1",))
+    os.mkdir(m.mnt / "t")
+    assert "algo=sha1" in (m.root / "t" / ".casfs" / "config").read_text()
+    (m.mnt / "t" / "incoming" / "f").write_bytes(b"hello\n")
+    digest = (m.root / "t" / "labels" / "f").read_text()
+    assert digest == "f572d396fae9206628714fb2ce00f72e94f2258f"  # sha1("hello\n")
+    assert (m.mnt / "t" / "data" / digest).read_bytes() == b"hello\n"
+
+
+def test_two_daemons_on_one_root_see_each_others_labels(mounter, tmp_path):
+    a = mounter(mnt=tmp_path / "mnt-a")
+    b = mounter(root=a.root, mnt=tmp_path / "mnt-b")
+    sid = a.casfs.out("new")
+    (a.mnt / sid / "incoming" / "from-a").write_bytes(b"written through a")
+    poll(lambda: (b.mnt / sid / "labels" / "from-a").exists(), 1.5, "b to see a's label")
+    assert (b.mnt / sid / "labels" / "from-a").read_bytes() == b"written through a"
+    (b.mnt / sid / "incoming" / "from-b").write_bytes(b"written through b")
+    poll(lambda: (a.mnt / sid / "incoming" / "from-b").exists(), 1.5, "a to see b's label")
+    assert (a.mnt / sid / "incoming" / "from-b").read_bytes() == b"written through b"
+    assert a.casfs.run("fsck", sid).returncode == 0
