@@ -44,7 +44,8 @@ struct opts {
 };
 
 struct verb;
-typedef int (*verb_fn)(const struct verb *v, struct opts *o);
+/* A verb; s is its open store when the verb takes one (.store). */
+typedef int (*verb_fn)(casfs_store *s, struct opts *o);
 
 struct verb {
 	const char *name;
@@ -53,6 +54,7 @@ struct verb {
 	const char *details;
 	verb_fn fn;
 	int min_args, max_args; /* positional arguments after the verb */
+	bool store;            /* the first argument is a store, opened for fn */
 };
 
 static const struct verb *current_verb;
@@ -279,9 +281,9 @@ static const char *expect_or(struct opts *o, const char *dflt)
 
 /* -------------------------------------------------------------------- verbs */
 
-static int v_new(const struct verb *v, struct opts *o)
+static int v_new(casfs_store *s, struct opts *o)
 {
-	(void)v;
+	(void)s;
 	casfs_algo algo = CASFS_SHA256;
 	if (o->hash && casfs_algo_parse(&algo, o->hash) < 0)
 		return usage_error("%s", casfs_error_last());
@@ -298,9 +300,9 @@ static int v_new(const struct verb *v, struct opts *o)
 	return 0;
 }
 
-static int v_stores(const struct verb *v, struct opts *o)
+static int v_stores(casfs_store *s, struct opts *o)
 {
-	(void)v;
+	(void)s;
 	struct stat sb;
 	if (stat(o->root, &sb) < 0 && errno == ENOENT)
 		return 0; /* no root yet: no stores */
@@ -370,38 +372,21 @@ static int store_files(casfs_store *s, struct opts *o, const char *const *files,
 	return status;
 }
 
-static int v_store(const struct verb *v, struct opts *o)
+static int v_store(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
 	static const char *const dash[] = { "-" };
 	if (o->nargs > 1)
-		rc = store_files(s, o, o->args + 1, o->nargs - 1);
-	else
-		rc = store_files(s, o, dash, 1);
-	close_store(root, s);
-	return rc;
+		return store_files(s, o, o->args + 1, o->nargs - 1);
+	return store_files(s, o, dash, 1);
 }
 
 /* Copies a blob to stdout, hashing it on the way unless --no-verify. */
-static int v_get(const struct verb *v, struct opts *o)
+static int v_get(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
 	int fd;
-	rc = casfs_blob_open(s, o->args[1], &fd);
-	if (rc < 0) {
-		rc = lib_fail(rc);
-		goto out;
-	}
+	int rc = casfs_blob_open(s, o->args[1], &fd);
+	if (rc < 0)
+		return lib_fail(rc);
 	if (o->no_verify) {
 		for (;;) {
 			ssize_t n = sendfile(STDOUT_FILENO, fd, NULL, 1 << 30);
@@ -425,37 +410,21 @@ static int v_get(const struct verb *v, struct opts *o)
 			rc = lib_fail(rc);
 	}
 	close(fd);
-out:
-	close_store(root, s);
 	return rc;
 }
 
-static int v_exists(const struct verb *v, struct opts *o)
+static int v_exists(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
-	rc = casfs_blob_exists(s, o->args[1]);
-	close_store(root, s);
+	int rc = casfs_blob_exists(s, o->args[1]);
 	if (rc < 0)
 		return lib_fail(rc);
 	return rc ? EXIT_YES : EXIT_NO;
 }
 
-static int v_get_by_label(const struct verb *v, struct opts *o)
+static int v_get_by_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
 	char hex[CASFS_HEX_MAX];
-	rc = casfs_label_get(s, o->args[1], hex);
-	close_store(root, s);
+	int rc = casfs_label_get(s, o->args[1], hex);
 	if (rc == -ENOENT)
 		return EXIT_NO;
 	if (rc < 0)
@@ -465,54 +434,38 @@ static int v_get_by_label(const struct verb *v, struct opts *o)
 }
 
 /* label, replace-at-label, remove-from-label and remove-label share this. */
-static int label_change(struct opts *o, const char *digest, const char *expect)
+static int label_change(casfs_store *s, struct opts *o, const char *digest, const char *expect)
 {
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
-	if (digest)
-		rc = casfs_label_set(s, o->args[1], digest, expect, NULL);
-	else
-		rc = casfs_label_remove(s, o->args[1], expect, NULL);
-	close_store(root, s);
+	int rc = digest ? casfs_label_set(s, o->args[1], digest, expect, NULL)
+			: casfs_label_remove(s, o->args[1], expect, NULL);
 	return rc < 0 ? lib_fail(rc) : 0;
 }
 
-static int v_label(const struct verb *v, struct opts *o)
+static int v_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return label_change(o, o->args[2], expect_or(o, NULL));
+	return label_change(s, o, o->args[2], expect_or(o, NULL));
 }
 
-static int v_replace_at_label(const struct verb *v, struct opts *o)
+static int v_replace_at_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return label_change(o, o->args[2], expect_or(o, CASFS_LABEL_EXISTS));
+	return label_change(s, o, o->args[2], expect_or(o, CASFS_LABEL_EXISTS));
 }
 
-static int v_remove_label(const struct verb *v, struct opts *o)
+static int v_remove_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return label_change(o, NULL, expect_or(o, NULL));
+	return label_change(s, o, NULL, expect_or(o, NULL));
 }
 
-static int v_remove_from_label(const struct verb *v, struct opts *o)
+static int v_remove_from_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return label_change(o, NULL, o->args[2]);
+	return label_change(s, o, NULL, o->args[2]);
 }
 
-static int store_at_label(struct opts *o, const char *expect)
+static int store_at_label(casfs_store *s, struct opts *o, const char *expect)
 {
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
 	int fd;
-	if ((rc = open_input(o->nargs > 2 ? o->args[2] : "-", &fd)) == 0) {
+	int rc = open_input(o->nargs > 2 ? o->args[2] : "-", &fd);
+	if (rc == 0) {
 		struct progress p;
 		progress_init(&p, "store", o->quiet);
 		char hex[CASFS_HEX_MAX];
@@ -524,93 +477,58 @@ static int store_at_label(struct opts *o, const char *expect)
 		else
 			puts(hex);
 	}
-	close_store(root, s);
 	return rc;
 }
 
-static int v_store_at_label(const struct verb *v, struct opts *o)
+static int v_store_at_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return store_at_label(o, expect_or(o, NULL));
+	return store_at_label(s, o, expect_or(o, NULL));
 }
 
-static int v_replace_content_at_label(const struct verb *v, struct opts *o)
+static int v_replace_content_at_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return store_at_label(o, expect_or(o, CASFS_LABEL_EXISTS));
+	return store_at_label(s, o, expect_or(o, CASFS_LABEL_EXISTS));
 }
 
-static int v_rename_label(const struct verb *v, struct opts *o)
+static int v_rename_label(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
-	rc = casfs_label_rename(s, o->args[1], o->args[2]);
-	close_store(root, s);
+	int rc = casfs_label_rename(s, o->args[1], o->args[2]);
 	return rc < 0 ? lib_fail(rc) : 0;
 }
 
-static int list_verb(struct opts *o, int (*list)(void *, casfs_name_fn, void *))
+static int v_list_labels(casfs_store *s, struct opts *o)
 {
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
-	rc = print_sorted(list, s);
-	close_store(root, s);
-	return rc;
+	(void)o;
+	return print_sorted(list_labels_fn, s);
 }
 
-static int v_list_labels(const struct verb *v, struct opts *o)
+static int v_list_all_content(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return list_verb(o, list_labels_fn);
+	(void)o;
+	return print_sorted(list_blobs_fn, s);
 }
 
-static int v_list_all_content(const struct verb *v, struct opts *o)
+static int v_total_size(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	return list_verb(o, list_blobs_fn);
-}
-
-static int v_total_size(const struct verb *v, struct opts *o)
-{
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
+	(void)o;
 	uint64_t bytes;
-	rc = casfs_store_total_size(s, &bytes);
-	close_store(root, s);
+	int rc = casfs_store_total_size(s, &bytes);
 	if (rc < 0)
 		return lib_fail(rc);
 	printf("%" PRIu64 "\n", bytes);
 	return 0;
 }
 
-static int v_gc(const struct verb *v, struct opts *o)
+static int v_gc(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
 	struct progress p;
 	progress_init(&p, "gc", o->quiet);
 	casfs_gc_opts go = { .grace_seconds = o->grace, .dry_run = o->dry_run,
 			     .progress = on_items, .ud = &p };
 	casfs_gc_result r;
-	rc = casfs_gc(s, &go, &r);
+	int rc = casfs_gc(s, &go, &r);
 	if (p.on && p.files_total)
 		fputc('\n', stderr);
-	close_store(root, s);
 	if (rc < 0)
 		return lib_fail(rc);
 	printf("%s %" PRIu64 " blobs (%" PRIu64 " bytes); kept %" PRIu64
@@ -654,9 +572,9 @@ static void fsck_progress(uint64_t done, uint64_t total, void *ud)
 	on_items(done, total, ((struct fsck_print *)ud)->p);
 }
 
-static int v_fsck(const struct verb *v, struct opts *o)
+static int v_fsck(casfs_store *s, struct opts *o)
 {
-	(void)v;
+	(void)s;
 	casfs_root *root;
 	int rc = open_root(o, &root, false);
 	if (rc)
@@ -675,8 +593,8 @@ static int v_fsck(const struct verb *v, struct opts *o)
 	}
 	int status = 0;
 	for (size_t i = 0; i < ns.n; i++) {
-		casfs_store *s;
-		int r = casfs_store_open(&s, root, ns.v[i]);
+		casfs_store *st;
+		int r = casfs_store_open(&st, root, ns.v[i]);
 		if (r < 0) {
 			status = lib_fail(r);
 			continue;
@@ -687,10 +605,10 @@ static int v_fsck(const struct verb *v, struct opts *o)
 		casfs_fsck_opts fo = { .repair = o->repair, .report = fsck_report,
 				       .progress = fsck_progress, .ud = &fp };
 		casfs_fsck_result res;
-		r = casfs_fsck(s, &fo, &res);
+		r = casfs_fsck(st, &fo, &res);
 		if (p.on && p.files_total)
 			fputc('\n', stderr);
-		casfs_store_free(s);
+		casfs_store_free(st);
 		if (r < 0) {
 			status = lib_fail(r);
 			continue;
@@ -712,18 +630,12 @@ static int v_fsck(const struct verb *v, struct opts *o)
 	return status;
 }
 
-static int v_stats(const struct verb *v, struct opts *o)
+static int v_stats(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
+	(void)o;
 	casfs_stats st;
-	rc = casfs_store_stats(s, &st);
+	int rc = casfs_store_stats(s, &st);
 	const char *algo = casfs_algo_name(casfs_store_algo(s));
-	close_store(root, s);
 	if (rc < 0)
 		return lib_fail(rc);
 	printf("algorithm %s\nblobs %" PRIu64 "\nlabels %" PRIu64 "\nbytes %" PRIu64
@@ -732,93 +644,87 @@ static int v_stats(const struct verb *v, struct opts *o)
 	return 0;
 }
 
-static int v_events(const struct verb *v, struct opts *o)
+static int v_events(casfs_store *s, struct opts *o)
 {
-	(void)v;
-	casfs_root *root;
-	casfs_store *s;
-	int rc = open_store(o, &root, &s);
-	if (rc)
-		return rc;
-	rc = casfs_journal_read(s, print_name, NULL);
-	close_store(root, s);
+	(void)o;
+	int rc = casfs_journal_read(s, print_name, NULL);
 	return rc < 0 ? lib_fail(rc) : 0;
 }
 
-static int v_help(const struct verb *v, struct opts *o);
+static int v_help(casfs_store *s, struct opts *o);
 
 static const struct verb verbs[] = {
 	{ "new", "new [--hash sha256|sha1] [ID]", "create a store and print its id",
 	  "Creates a store in the root (created if missing) and prints its id: ID if given,\n"
 	  "else a fresh UUID.  The hash algorithm is fixed at creation: sha256 unless\n"
-	  "--hash sha1 (what Theater uses).", v_new, 0, 1 },
+	  "--hash sha1 (what Theater uses).", v_new, 0, 1, false },
 	{ "stores", "stores", "list store ids, one per line",
-	  "Prints every store id in the root, sorted.  A missing root has no stores.", v_stores, 0, 0 },
+	  "Prints every store id in the root, sorted.  A missing root has no stores.", v_stores, 0, 0, false },
 	{ "store", "store STORE [FILE...|-]", "store content and print each digest",
 	  "Stores each FILE (or standard input for - or no FILE) and prints one digest per\n"
 	  "input, in order.  Content already stored is not written again, only freshened\n"
 	  "(so gc's grace period starts again).  Many files are committed in batches with\n"
-	  "one filesystem sync per batch.", v_store, 1, INT_MAX },
+	  "one filesystem sync per batch.", v_store, 1, INT_MAX, true },
 	{ "get", "get [--no-verify] STORE DIGEST", "write content to stdout",
 	  "Writes the blob to standard output.  The content is hashed on the way out; if it\n"
 	  "no longer matches DIGEST the command fails (exit 3) after writing it.\n"
-	  "--no-verify skips the check and copies in the kernel (sendfile).", v_get, 2, 2 },
+	  "--no-verify skips the check and copies in the kernel (sendfile).", v_get, 2, 2, true },
 	{ "exists", "exists STORE DIGEST", "exit 0 if the digest is stored, 1 if not",
-	  "Prints nothing.  Exit 0 if the blob is stored, 1 if not, 3 on error.", v_exists, 2, 2 },
+	  "Prints nothing.  Exit 0 if the blob is stored, 1 if not, 3 on error.", v_exists, 2, 2, true },
 	{ "label", "label [--expect OLD|none] STORE LABEL DIGEST", "point a label at a stored digest",
 	  "Points LABEL at DIGEST, which must already be stored.  Nested labels are\n"
 	  "written a/b.  --expect OLD only changes a label that points at OLD now;\n"
-	  "--expect none only creates a new label.", v_label, 3, 3 },
+	  "--expect none only creates a new label.", v_label, 3, 3, true },
 	{ "get-by-label", "get-by-label STORE LABEL", "print the digest a label points at",
-	  "Prints the digest; exit 1 (and nothing printed) if there is no such label.", v_get_by_label, 2, 2 },
+	  "Prints the digest; exit 1 (and nothing printed) if there is no such label.", v_get_by_label, 2, 2, true },
 	{ "store-at-label", "store-at-label [--expect OLD|none] STORE LABEL [FILE|-]",
 	  "store content and point a label at it",
 	  "Stores FILE (or standard input) and points LABEL at it in one step that a\n"
-	  "concurrent gc cannot split; prints the digest.", v_store_at_label, 2, 3 },
+	  "concurrent gc cannot split; prints the digest.", v_store_at_label, 2, 3, true },
 	{ "replace-content-at-label", "replace-content-at-label [--expect OLD] STORE LABEL [FILE|-]",
 	  "same as store-at-label, for an existing label",
-	  "Like store-at-label, but fails if LABEL does not exist yet.", v_replace_content_at_label, 2, 3 },
+	  "Like store-at-label, but fails if LABEL does not exist yet.", v_replace_content_at_label, 2, 3, true },
 	{ "replace-at-label", "replace-at-label [--expect OLD] STORE LABEL DIGEST",
 	  "point an existing label at another stored digest",
-	  "Like label, but fails if LABEL does not exist yet.", v_replace_at_label, 3, 3 },
+	  "Like label, but fails if LABEL does not exist yet.", v_replace_at_label, 3, 3, true },
 	{ "remove-label", "remove-label [--expect OLD] STORE LABEL", "remove a label",
 	  "Removes LABEL (the content stays until gc).  The journal keeps its old digest.",
-	  v_remove_label, 2, 2 },
+	  v_remove_label, 2, 2, true },
 	{ "remove-from-label", "remove-from-label STORE LABEL DIGEST",
 	  "remove a label only if it still points at DIGEST",
 	  "Compare-and-swap removal: fails, changing nothing, if LABEL points elsewhere.",
-	  v_remove_from_label, 3, 3 },
+	  v_remove_from_label, 3, 3, true },
 	{ "rename-label", "rename-label STORE FROM TO", "rename a label atomically",
-	  "Moves label FROM to TO in one step, replacing any label TO.", v_rename_label, 3, 3 },
+	  "Moves label FROM to TO in one step, replacing any label TO.", v_rename_label, 3, 3, true },
 	{ "list-labels", "list-labels STORE", "every label name, nested ones as a/b",
-	  "Prints every label name, sorted, one per line.", v_list_labels, 1, 1 },
+	  "Prints every label name, sorted, one per line.", v_list_labels, 1, 1, true },
 	{ "list-all-content", "list-all-content STORE", "every stored digest",
-	  "Prints every stored digest, sorted, one per line.", v_list_all_content, 1, 1 },
+	  "Prints every stored digest, sorted, one per line.", v_list_all_content, 1, 1, true },
 	{ "calculate-total-size", "calculate-total-size STORE", "sum of blob sizes in bytes",
-	  "Prints the total size of all stored blobs, in bytes.", v_total_size, 1, 1 },
+	  "Prints the total size of all stored blobs, in bytes.", v_total_size, 1, 1, true },
 	{ "gc", "gc [--grace SECONDS] [--dry-run] STORE", "delete blobs no label reaches",
 	  "Deletes blobs that no label points at and that were stored (or stored again)\n"
 	  "more than SECONDS ago (default 3600).  Safe while other processes write and\n"
-	  "label: they wait for gc, and gc never removes a blob a label names.", v_gc, 1, 1 },
+	  "label: they wait for gc, and gc never removes a blob a label names.", v_gc, 1, 1, true },
 	{ "fsck", "fsck [--repair] [STORE...]", "re-hash every blob and check every label",
 	  "Checks every store given (all stores if none): each blob must hash to its name,\n"
 	  "each label must hold a digest of a present blob.  Problems are printed on stdout,\n"
 	  "one per line (bad-blob, stray-file, bad-label, dangling-label); exit 1 if any.\n"
 	  "Staging files of dead writers are always removed.  --repair moves bad blobs\n"
-	  "and bad or dangling labels into the store's .casfs/quarantine/.", v_fsck, 0, INT_MAX },
+	  "and bad or dangling labels into the store's .casfs/quarantine/.", v_fsck, 0, INT_MAX, false },
 	{ "stats", "stats STORE", "blobs, labels, bytes, bytes saved by deduplication",
 	  "Prints 'name value' lines: algorithm, blobs, labels, bytes, labelled-bytes (the\n"
 	  "sum over labels of their blob's size) and bytes-saved (labelled-bytes minus the\n"
-	  "size of the distinct blobs the labels reach).", v_stats, 1, 1 },
+	  "size of the distinct blobs the labels reach).", v_stats, 1, 1, true },
 	{ "events", "events STORE", "print the store's journal",
 	  "Prints the journal, oldest first: one JSON object per line with time, op, store,\n"
-	  "label, digest, old, outcome, errno and error, uid and pid.", v_events, 1, 1 },
+	  "label, digest, old, outcome, errno and error, uid and pid.", v_events, 1, 1, true },
 	{ "mount", "mount ROOT MOUNTPOINT [-f] [-d] [-s] [-o opt,...]", "run the filesystem",
 	  "Mounts every store of ROOT as a directory under MOUNTPOINT (see mount.casfs(8)):\n"
 	  "data/<hash> read-only blobs, labels/<name> symlinks, incoming/<name> writable\n"
 	  "files committed when closed.  -f foreground, -d debug, -s single-threaded;\n"
-	  "-o ro, allow_other, default_permissions, sync, hash=sha1.", NULL, 2, 2 },
-	{ "help", "help [VERB]", "explain the verbs", "Without VERB, lists the verbs.", v_help, 0, 1 },
+	  "-o ro, allow_other, default_permissions, sync, hash=sha1.", NULL, 2, 2, false },
+	{ "help", "help [VERB]", "explain the verbs", "Without VERB, lists the verbs.", v_help, 0, 1, false },
 };
 
 static const struct verb *find_verb(const char *name)
@@ -851,9 +757,9 @@ static void print_general_help(void)
 	       "2 bad usage, 3 failure.  'casfs help VERB' or 'casfs VERB --help' explains a verb.\n");
 }
 
-static int v_help(const struct verb *v, struct opts *o)
+static int v_help(casfs_store *s, struct opts *o)
 {
-	(void)v;
+	(void)s;
 	if (o->nargs == 0) {
 		print_general_help();
 		return 0;
@@ -1021,7 +927,17 @@ static int run(int argc, char **argv, struct opts *op)
 		rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	int rc = v->fn(v, &o);
+	int rc;
+	if (v->store) {
+		casfs_root *root;
+		casfs_store *s;
+		if ((rc = open_store(&o, &root, &s)) == 0) {
+			rc = v->fn(s, &o);
+			close_store(root, s);
+		}
+	} else {
+		rc = v->fn(NULL, &o);
+	}
 	if (fflush(stdout) != 0 && rc == 0)
 		rc = fail("writing to stdout: %s", strerror(errno));
 	free(root_alloc);

@@ -865,18 +865,34 @@ static int label_parent(casfs_store *s, const char *name, bool create, int *dirf
 	return 0;
 }
 
+/* A label's directory, open, and its last component. */
+struct lparent {
+	int fd;
+	const char *leaf;
+	bool owned; /* fd is ours to close (not labels/ itself) */
+};
+
+static int lp_open(casfs_store *s, const char *name, bool create, struct lparent *lp)
+{
+	return label_parent(s, name, create, &lp->fd, &lp->leaf, &lp->owned);
+}
+
+static void lp_close(struct lparent *lp)
+{
+	if (lp->owned)
+		close(lp->fd);
+	lp->owned = false;
+}
+
 static int dir_label_read(casfs_store *s, const char *name, char *buf, size_t size, size_t *len)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	int fd = openat(dfd, leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int fd = openat(lp.fd, lp.leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	int e = errno;
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	if (fd < 0) {
 		if (e == ENOENT)
 			return -ENOENT;
@@ -913,25 +929,23 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex)
 	int rc = dir_stage_create(s, &st);
 	if (rc < 0)
 		return rc;
-	int dfd = -1;
-	bool owned = false;
-	const char *leaf;
+	struct lparent lp = { .fd = -1 };
 	if ((rc = casfs__write_all(st.fd, hex, strlen(hex))) < 0) {
 		casfs__errno(rc, "cannot write label '%s'", name);
 		goto out;
 	}
-	if ((rc = label_parent(s, name, true, &dfd, &leaf, &owned)) < 0)
+	if ((rc = lp_open(s, name, true, &lp)) < 0)
 		goto out;
 	/* A new version keeps the permission bits of the one it replaces. */
 	struct stat prev;
 	mode_t mode = 0644;
-	if (fstatat(dfd, leaf, &prev, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(prev.st_mode))
+	if (fstatat(lp.fd, lp.leaf, &prev, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(prev.st_mode))
 		mode = prev.st_mode & 07777;
 	if (fchmod(st.fd, mode) < 0 || (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
 		rc = casfs__errno(-errno, "cannot write label '%s'", name);
 		goto out;
 	}
-	if (renameat(S(s)->staging_fd, st.name, dfd, leaf) < 0) {
+	if (renameat(S(s)->staging_fd, st.name, lp.fd, lp.leaf) < 0) {
 		rc = -errno;
 		if (rc == -EISDIR || rc == -ENOTEMPTY || rc == -EEXIST)
 			rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
@@ -941,61 +955,53 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex)
 	}
 	close(st.fd);
 	st.fd = -1;
-	rc = maybe_fsync(s, dfd);
+	rc = maybe_fsync(s, lp.fd);
 out:
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	dir_stage_discard(s, &st);
 	return rc;
 }
 
 static int dir_label_delete(casfs_store *s, const char *name)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	if (unlinkat(dfd, leaf, 0) < 0) {
+	if (unlinkat(lp.fd, lp.leaf, 0) < 0) {
 		rc = -errno;
 		if (rc == -EISDIR || rc == -EPERM)
 			rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
 		else if (rc != -ENOENT)
 			casfs__errno(rc, "cannot remove label '%s'", name);
 	} else {
-		rc = maybe_fsync(s, dfd);
+		rc = maybe_fsync(s, lp.fd);
 	}
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	return rc;
 }
 
 static int dir_label_rename(casfs_store *s, const char *from, const char *to)
 {
-	int fdir, tdir;
-	const char *fleaf, *tleaf;
-	bool fown, town;
-	int rc = label_parent(s, from, false, &fdir, &fleaf, &fown);
+	struct lparent f, t;
+	int rc = lp_open(s, from, false, &f);
 	if (rc < 0)
 		return rc;
-	rc = label_parent(s, to, true, &tdir, &tleaf, &town);
-	if (rc < 0)
-		goto out_from;
-	if (renameat(fdir, fleaf, tdir, tleaf) < 0) {
+	if ((rc = lp_open(s, to, true, &t)) < 0) {
+		lp_close(&f);
+		return rc;
+	}
+	if (renameat(f.fd, f.leaf, t.fd, t.leaf) < 0) {
 		rc = -errno;
 		if (rc != -ENOENT)
 			casfs__errno(rc, "cannot rename label '%s' to '%s'", from, to);
 	} else {
-		rc = maybe_fsync(s, tdir);
+		rc = maybe_fsync(s, t.fd);
 		if (rc == 0)
-			rc = maybe_fsync(s, fdir);
+			rc = maybe_fsync(s, f.fd);
 	}
-	if (town)
-		close(tdir);
-out_from:
-	if (fown)
-		close(fdir);
+	lp_close(&t);
+	lp_close(&f);
 	return rc;
 }
 
@@ -1061,15 +1067,12 @@ static int dir_label_list(casfs_store *s, casfs_name_fn fn, void *ud)
 
 static int dir_label_quarantine(casfs_store *s, const char *name)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	rc = quarantine_from(s, dfd, leaf, "label.", name);
-	if (owned)
-		close(dfd);
+	rc = quarantine_from(s, lp.fd, lp.leaf, "label.", name);
+	lp_close(&lp);
 	return rc;
 }
 
@@ -1095,35 +1098,30 @@ static int dir_label_stat(casfs_store *s, const char *name, casfs_label_info *ou
 		fill_label_info(out, &sb);
 		return 0;
 	}
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	if (fstatat(dfd, leaf, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(lp.fd, lp.leaf, &sb, AT_SYMLINK_NOFOLLOW) < 0)
 		rc = errno == ENOENT || errno == ENOTDIR ? -ENOENT : casfs__errno(-errno, "label '%s'", name);
 	else if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode))
 		rc = casfs__err(-EINVAL, "label '%s' is not a regular file", name);
 	else
 		fill_label_info(out, &sb);
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	return rc;
 }
 
 static int dir_label_setattr(casfs_store *s, const char *name, const uint32_t *mode,
 			     const int64_t *mtime_ns)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
 	/* Through an fd opened without following symlinks: fchmodat would
 	 * follow one planted in labels/. */
-	int fd = openat(dfd, leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int fd = openat(lp.fd, lp.leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		rc = errno == ENOENT ? -ENOENT : casfs__errno(-errno, "label '%s'", name);
 	} else {
@@ -1139,47 +1137,40 @@ static int dir_label_setattr(casfs_store *s, const char *name, const uint32_t *m
 		}
 		close(fd);
 	}
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	return rc;
 }
 
 static int dir_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, true, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, true, &lp);
 	if (rc < 0)
 		return rc;
-	if (mkdirat(dfd, leaf, mode & 07777) < 0)
+	if (mkdirat(lp.fd, lp.leaf, mode & 07777) < 0)
 		rc = errno == EEXIST ? -EEXIST : casfs__errno(-errno, "cannot make label directory '%s'", name);
 	else
-		rc = maybe_fsync(s, dfd);
-	if (owned)
-		close(dfd);
+		rc = maybe_fsync(s, lp.fd);
+	lp_close(&lp);
 	return rc;
 }
 
 static int dir_label_rmdir(casfs_store *s, const char *name)
 {
-	int dfd;
-	const char *leaf;
-	bool owned;
-	int rc = label_parent(s, name, false, &dfd, &leaf, &owned);
+	struct lparent lp;
+	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	if (unlinkat(dfd, leaf, AT_REMOVEDIR) < 0) {
+	if (unlinkat(lp.fd, lp.leaf, AT_REMOVEDIR) < 0) {
 		rc = -errno;
 		if (rc == -EEXIST)
 			rc = -ENOTEMPTY;
 		if (rc != -ENOENT && rc != -ENOTEMPTY && rc != -ENOTDIR)
 			casfs__errno(rc, "cannot remove label directory '%s'", name);
 	} else {
-		rc = maybe_fsync(s, dfd);
+		rc = maybe_fsync(s, lp.fd);
 	}
-	if (owned)
-		close(dfd);
+	lp_close(&lp);
 	return rc;
 }
 
@@ -1194,15 +1185,12 @@ static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn
 			return lfd;
 		fd = openat(lfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	} else {
-		int dfd;
-		const char *leaf;
-		bool owned;
-		int rc = label_parent(s, dir, false, &dfd, &leaf, &owned);
+		struct lparent lp;
+		int rc = lp_open(s, dir, false, &lp);
 		if (rc < 0)
 			return rc;
-		fd = open_dir_at(dfd, leaf);
-		if (owned)
-			close(dfd);
+		fd = open_dir_at(lp.fd, lp.leaf);
+		lp_close(&lp);
 	}
 	if (fd < 0)
 		return errno == ENOENT || errno == ELOOP ? -ENOENT : -errno;

@@ -323,7 +323,8 @@ int casfs_label_setattr(casfs_store *s, const char *name, const uint32_t *mode,
 	return rc;
 }
 
-int casfs_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+/* Makes or removes a label directory under the writer lock, journaled. */
+static int label_dir_change(casfs_store *s, const char *name, bool make, uint32_t mode)
 {
 	int rc = casfs_label_check(name);
 	if (rc < 0)
@@ -331,22 +332,19 @@ int casfs_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
 	int token;
 	if ((rc = s->be->lock(s, &token)) < 0)
 		return rc;
-	rc = s->be->label_mkdir(s, name, mode);
+	rc = make ? s->be->label_mkdir(s, name, mode) : s->be->label_rmdir(s, name);
 	s->be->unlock(s, token);
-	return casfs__journal_ret(s, "mkdir-label", name, NULL, NULL, rc);
+	return casfs__journal_ret(s, make ? "mkdir-label" : "rmdir-label", name, NULL, NULL, rc);
+}
+
+int casfs_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+{
+	return label_dir_change(s, name, true, mode);
 }
 
 int casfs_label_rmdir(casfs_store *s, const char *name)
 {
-	int rc = casfs_label_check(name);
-	if (rc < 0)
-		return rc;
-	int token;
-	if ((rc = s->be->lock(s, &token)) < 0)
-		return rc;
-	rc = s->be->label_rmdir(s, name);
-	s->be->unlock(s, token);
-	return casfs__journal_ret(s, "rmdir-label", name, NULL, NULL, rc);
+	return label_dir_change(s, name, false, 0);
 }
 
 int casfs_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
