@@ -703,31 +703,28 @@ static int dir_blob_open(casfs_store *s, const char *hex, int *out)
 	return 0;
 }
 
-static int list_dir_names(int dirfd, casfs_name_fn fn, void *ud, const char *what)
-{
-	DIR *d = dir_stream(dirfd);
-	if (!d)
-		return casfs__errno(-errno, "cannot list %s", what);
-	int rc = 0;
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		if ((rc = fn(e->d_name, ud)) != 0)
-			break;
-	}
-	closedir(d);
-	return rc;
-}
-
-static int dir_blob_list(casfs_store *s, casfs_name_fn fn, void *ud)
+static int dir_blob_list(casfs_store *s, bool all, casfs_name_fn fn, void *ud)
 {
 	int dfd = data_fd(s, false);
 	if (dfd == -ENOENT)
 		return 0;
 	if (dfd < 0)
 		return dfd;
-	return list_dir_names(dfd, fn, ud, "data/");
+	DIR *d = dir_stream(dfd);
+	if (!d)
+		return casfs__errno(-errno, "cannot list data/");
+	int rc = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (!all && !is_reg_entry(dfd, e))
+			continue; /* a planted symlink or a directory is no blob */
+		if ((rc = fn(e->d_name, ud)) != 0)
+			break;
+	}
+	closedir(d);
+	return rc;
 }
 
 static int dir_blob_delete(casfs_store *s, const char *hex, int64_t cutoff_ns, uint64_t *size)

@@ -97,8 +97,9 @@ struct casfs_backend {
 	int (*blob_stat)(casfs_store *s, const char *hex, uint64_t *size,
 			 int64_t *mtime_ns);
 	int (*blob_open)(casfs_store *s, const char *hex, int *fd);
-	/* Lists every name in the blob area, valid or not. */
-	int (*blob_list)(casfs_store *s, casfs_name_fn fn, void *ud);
+	/* Lists the regular files in the blob area, valid names or not; with
+	 * all, every entry (for fsck to report strays). */
+	int (*blob_list)(casfs_store *s, bool all, casfs_name_fn fn, void *ud);
 	/* Deletes the blob unless it was freshened at or after cutoff_ns:
 	 * then -EAGAIN.  Its size goes to *size. */
 	int (*blob_delete)(casfs_store *s, const char *hex, int64_t cutoff_ns,

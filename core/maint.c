@@ -184,7 +184,7 @@ static int collect_name(const char *name, void *ud)
 static int fsck_blobs(struct fsck_ctx *c)
 {
 	casfs_store *s = c->s;
-	int rc = s->be->blob_list(s, collect_name, &c->names);
+	int rc = s->be->blob_list(s, true, collect_name, &c->names);
 	if (rc < 0)
 		return rc;
 	for (size_t i = 0; i < c->names.n; i++) {

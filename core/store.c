@@ -108,7 +108,7 @@ int casfs_store_remove(casfs_root *root, const char *id)
 	int token;
 	if ((rc = s->be->lock(s, &token)) < 0)
 		goto out;
-	int blobs = s->be->blob_list(s, stop_at_first, NULL);
+	int blobs = s->be->blob_list(s, true, stop_at_first, NULL);
 	int labels = blobs ? 0 : s->be->label_list(s, stop_at_first_label, s);
 	if (blobs < 0 || labels < 0)
 		rc = blobs < 0 ? blobs : labels;
@@ -271,7 +271,7 @@ static int only_digests(const char *name, void *ud)
 int casfs_blob_list(casfs_store *s, casfs_name_fn fn, void *ud)
 {
 	struct filter f = { s, fn, ud, 0 };
-	int rc = s->be->blob_list(s, only_digests, &f);
+	int rc = s->be->blob_list(s, false, only_digests, &f);
 	if (rc >= 0)
 		casfs_error_clear();
 	return rc;

@@ -115,6 +115,7 @@ struct version {
 	uint64_t base_size;
 	int base_fd;              /* base content, for reads while not staged */
 	int handles;              /* open handles (under cur_mu) */
+	int flushed;              /* of which closed, not yet released (cur_mu) */
 	int refs;                 /* the handles together hold one; lookups take more */
 	bool dirty;               /* changed since last commit */
 	bool detached;            /* name unlinked: never commit */
@@ -128,6 +129,7 @@ struct handle {
 	struct version *v; /* NULL: a plain read of a blob or committed label */
 	int fd;            /* for plain reads */
 	bool writable;
+	bool flushed;      /* closed by the program, release still to come */
 };
 
 /* Guards node->cur and version->handles. */
@@ -1152,6 +1154,16 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	struct version *v = h->v;
+	if (__atomic_load_n(&h->flushed, __ATOMIC_RELAXED)) {
+		/* Written again through a duplicate descriptor (or a shared
+		 * mapping): the handle is open after all. */
+		pthread_mutex_lock(&cur_mu);
+		if (h->flushed) {
+			h->flushed = false;
+			v->flushed--;
+		}
+		pthread_mutex_unlock(&cur_mu);
+	}
 	pthread_mutex_lock(&v->mu);
 	int rc = v->err ? v->err : casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
 	if (rc == 0) {
@@ -1180,15 +1192,25 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (h && h->v) {
 		/* Whichever handle is last commits, a reader's too. */
 		struct version *v = h->v;
-		pthread_mutex_lock(&v->mu);
+		/* Release comes after close(2) returns, so a handle closed by
+		 * its program still counts until then: count it out here. */
+		pthread_mutex_lock(&cur_mu);
+		if (!h->flushed) {
+			h->flushed = true;
+			v->flushed++;
+		}
+		bool last = v->handles - v->flushed <= 0;
+		pthread_mutex_unlock(&cur_mu);
 		/* The kernel flushes at every close(2) of a descriptor, also of
 		 * one whose duplicate stays open (`cmd > file` opens, dup2()s,
 		 * closes): such a close commits what is there, as a truncating
 		 * open shows an empty file at once on any filesystem; the last
 		 * close commits again if written since. */
-		if (v->handles <= 1 || fs.sync)
+		if (last || fs.sync) {
+			pthread_mutex_lock(&v->mu);
 			rc = version_commit(v, false);
-		pthread_mutex_unlock(&v->mu);
+			pthread_mutex_unlock(&v->mu);
+		}
 	}
 	fuse_reply_err(req, -rc);
 }
@@ -1226,6 +1248,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			version_commit(v, false);
 		pthread_mutex_unlock(&v->mu);
 		pthread_mutex_lock(&cur_mu);
+		if (h->flushed)
+			v->flushed--;
 		bool last = --v->handles == 0;
 		if (last && v->node->cur == v)
 			v->node->cur = NULL;
