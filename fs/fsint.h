@@ -82,13 +82,15 @@ void node_pin(struct node *x);
 void node_unpin(struct node *x);
 /* A copy of the node's current name (it changes on rename); free it. */
 char *node_name(struct node *x);
-/* After a rename of labels from -> to: nodes at to (replaced) become gone,
- * nodes at or under from take the new names.  Returns the replaced
+/* After a rename of labels from -> to through one side (incoming/ or
+ * labels/): that side's nodes at to (replaced) become gone, and its nodes
+ * at or under from take the new names.  Returns the replaced
  * incoming/ node, pinned, if there is one (unpin it). */
-struct node *node_renamed(struct fstore *st, const char *from, const char *to, const char *to_digest);
-/* After the label name was removed: its nodes become gone, remembering
- * digest.  Returns its incoming/ node, pinned, if there is one (unpin it). */
-struct node *node_gone(struct fstore *st, const char *name, const char *digest);
+struct node *node_renamed(struct fstore *st, bool incoming, const char *from, const char *to,
+			  const char *to_digest);
+/* After the label name was removed through one side: that side's nodes
+ * become gone, remembering digest.  Returns its incoming/ node, pinned, if there is one (unpin it). */
+struct node *node_gone(struct fstore *st, bool incoming, const char *name, const char *digest);
 
 int fstore_get(const char *id, struct fstore **out);
 void fstore_ref(struct fstore *st);
@@ -97,5 +99,7 @@ void fstore_mark_dead(const char *id);
 void fstore_close_all(void);
 
 extern const struct fuse_lowlevel_ops casfs_fs_ops;
+/* Frees what the kernel left open at unmount. */
+void fs_ops_teardown(void);
 
 #endif

@@ -29,6 +29,15 @@ void fs_log(int prio, const char *fmt, ...)
 	va_end(ap);
 }
 
+static int open_store_at_start(const char *id, void *ud)
+{
+	(void)ud;
+	struct fstore *st;
+	if (fstore_get(id, &st) < 0)
+		fs_log(LOG_WARNING, "store %s: %s", id, casfs_error_last());
+	return 0;
+}
+
 static int usage(const char *msg)
 {
 	if (msg)
@@ -202,6 +211,9 @@ int casfs_fs_main(int argc, char **argv)
 	}
 	if (fuse_daemonize(fs.foreground) != 0)
 		goto out_unmount;
+	/* Staging debris of writers that died (a killed daemon, a killed
+	 * command) goes before anything is served. */
+	casfs_store_list(fs.root, open_store_at_start, NULL);
 	fs_log(LOG_INFO, "mounted %s on %s", root_abs, mnt_abs);
 	if (single) {
 		rc = fuse_session_loop(fs.se);
@@ -219,6 +231,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_root:
 	fuse_opt_free_args(&args);
+	fs_ops_teardown();
 	fstore_close_all();
 	casfs_root_free(fs.root);
 	free(pass);

@@ -203,12 +203,23 @@ static void rename_kind(enum kind k, struct fstore *st, const char *from, const 
 	}
 }
 
-/* Marks the nodes at name gone (tbl_mu held); returns the K_IFILE one. */
-static struct node *mark_gone(struct fstore *st, const char *name, const char *digest)
+/* The kinds of node on one side: labels/ or incoming/.  The kernel knows
+ * the two sides as separate trees, so a change made through one side only
+ * moves that side's nodes; the other side's see the change when the
+ * kernel looks them up again (within the label timeout). */
+static const enum kind *side_kinds(bool incoming)
 {
-	static const enum kind kinds[] = { K_LDIR, K_LINK, K_IDIR, K_IFILE };
+	static const enum kind lab[] = { K_LDIR, K_LINK }, inc[] = { K_IDIR, K_IFILE };
+	return incoming ? inc : lab;
+}
+
+/* Marks the nodes of one side at name gone (tbl_mu held); returns the
+ * K_IFILE one, pinned. */
+static struct node *mark_gone(struct fstore *st, bool incoming, const char *name, const char *digest)
+{
+	const enum kind *kinds = side_kinds(incoming);
 	struct node *ifile = NULL;
-	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+	for (size_t i = 0; i < 2; i++) {
 		size_t b = hash_key(kinds[i], st, name) % nbuckets;
 		for (struct node *x = by_key[b]; x; x = x->next_key) {
 			if (x->kind != kinds[i] || x->st != st || strcmp(x->name, name) != 0)
@@ -236,24 +247,25 @@ static struct node *mark_gone(struct fstore *st, const char *name, const char *d
 	return ifile;
 }
 
-struct node *node_gone(struct fstore *st, const char *name, const char *digest)
+struct node *node_gone(struct fstore *st, bool incoming, const char *name, const char *digest)
 {
 	pthread_mutex_lock(&tbl_mu);
-	struct node *x = nbuckets ? mark_gone(st, name, digest) : NULL;
+	struct node *x = nbuckets ? mark_gone(st, incoming, name, digest) : NULL;
 	pthread_mutex_unlock(&tbl_mu);
 	return x;
 }
 
-struct node *node_renamed(struct fstore *st, const char *from, const char *to, const char *to_digest)
+struct node *node_renamed(struct fstore *st, bool incoming, const char *from, const char *to,
+			  const char *to_digest)
 {
 	pthread_mutex_lock(&tbl_mu);
 	if (!nbuckets) {
 		pthread_mutex_unlock(&tbl_mu);
 		return NULL;
 	}
-	struct node *replaced = mark_gone(st, to, to_digest);
-	static const enum kind kinds[] = { K_LDIR, K_LINK, K_IDIR, K_IFILE };
-	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+	struct node *replaced = mark_gone(st, incoming, to, to_digest);
+	const enum kind *kinds = side_kinds(incoming);
+	for (size_t i = 0; i < 2; i++)
 		rename_kind(kinds[i], st, from, to);
 	pthread_mutex_unlock(&tbl_mu);
 	return replaced;

@@ -125,12 +125,62 @@ struct version {
 	int64_t mtime_ns;         /* of the last change or of utimens */
 };
 
+/* Every open file and directory handle is on a list, so that those the
+ * kernel never released (it drops pending releases at unmount) are freed
+ * at teardown. */
+struct tracked {
+	struct tracked *prev, *next;
+};
+
+static struct tracked live_files = { &live_files, &live_files };
+static struct tracked live_dirs = { &live_dirs, &live_dirs };
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void track(struct tracked *list, struct tracked *t)
+{
+	pthread_mutex_lock(&live_mu);
+	t->next = list->next;
+	t->prev = list;
+	list->next->prev = t;
+	list->next = t;
+	pthread_mutex_unlock(&live_mu);
+}
+
+static void untrack(struct tracked *t)
+{
+	pthread_mutex_lock(&live_mu);
+	t->prev->next = t->next;
+	t->next->prev = t->prev;
+	pthread_mutex_unlock(&live_mu);
+}
+
 struct handle {
+	struct tracked link; /* first: the list holds handles by it */
 	struct version *v; /* NULL: a plain read of a blob or committed label */
 	int fd;            /* for plain reads */
 	bool writable;
 	bool flushed;      /* closed by the program, release still to come */
+	long opener;       /* process (tgid) that opened it, -1 if unknown */
 };
+
+static void drop_handle(struct fuse_file_info *fi);
+
+/* The process (thread group) a request's thread belongs to; -1 if it cannot
+ * be told.  FUSE gives the thread id of the caller. */
+static long tgid_of(pid_t tid)
+{
+	char path[64], line[128];
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)tid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	long tgid = -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Tgid: %ld", &tgid) == 1)
+			break;
+	fclose(f);
+	return tgid;
+}
 
 /* Guards node->cur and version->handles. */
 static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -581,6 +631,7 @@ struct dirbuf {
 };
 
 struct dirlist {
+	struct tracked link; /* first */
 	char **names;
 	unsigned char *isdir;
 	size_t n, cap;
@@ -667,6 +718,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -rc);
 		return;
 	}
+	track(&live_dirs, &d->link);
 	fi->fh = (uint64_t)(uintptr_t)d;
 	fi->cache_readdir = 0;
 	fuse_reply_open(req, fi);
@@ -701,7 +753,9 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	dl_free((struct dirlist *)(uintptr_t)fi->fh);
+	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+	untrack(&d->link);
+	dl_free(d);
 	fuse_reply_err(req, 0);
 }
 
@@ -838,7 +892,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (path && (rc == 0 || rc == -ENOENT)) {
 			/* Open descriptors keep what they had, as with an
 			 * unlinked inode; writers on it write into the void. */
-			struct node *x = node_gone(p->st, path, old);
+			struct node *x = node_gone(p->st, p->kind == K_IDIR, path, old);
 			if (x && detach_version(x) && rc == -ENOENT)
 				rc = 0; /* a file created and not yet committed */
 		}
@@ -884,7 +938,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		if (rc == 0)
 			rc = casfs_label_rename(p->st->s, from, to);
 		if (rc == 0) {
-			struct node *x = node_renamed(p->st, from, to, old);
+			struct node *x = node_renamed(p->st, p->kind == K_IDIR, from, to, old);
 			if (x)
 				detach_version(x);
 		}
@@ -950,12 +1004,13 @@ static int open_plain(struct fstore *st, const char *hex, struct fuse_file_info 
 		free(h);
 		return rc;
 	}
+	track(&live_files, &h->link);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
 }
 
 /* Opens incoming/<name> for writing (or reading while others write). */
-static int open_version(struct node *x, int flags, struct fuse_file_info *fi)
+static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_file_info *fi)
 {
 	bool writable = (flags & O_ACCMODE) != O_RDONLY;
 	bool trunc = writable && (flags & O_TRUNC);
@@ -964,6 +1019,7 @@ static int open_version(struct node *x, int flags, struct fuse_file_info *fi)
 		return -ENOMEM;
 	h->fd = -1;
 	h->writable = writable;
+	h->opener = tgid_of(fuse_req_ctx(req)->pid);
 	int rc = 0;
 	pthread_mutex_lock(&cur_mu);
 	struct version *v = x->cur;
@@ -993,6 +1049,7 @@ static int open_version(struct node *x, int flags, struct fuse_file_info *fi)
 		pthread_mutex_unlock(&cur_mu);
 	}
 	h->v = v;
+	track(&live_files, &h->link);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = 0;
 	fi->direct_io = 0;
@@ -1022,7 +1079,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (writable && fs.read_only) {
 			rc = -EROFS;
 		} else if (writable) {
-			rc = open_version(x, fi->flags, fi);
+			rc = open_version(req, x, fi->flags, fi);
 		} else {
 			/* A reader sees the committed version, a snapshot that a
 			 * later commit does not change: never a half-written
@@ -1044,6 +1101,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 				rc = h ? 0 : -ENOMEM;
 				if (h) {
 					h->fd = -1;
+					track(&live_files, &h->link);
 					fi->fh = (uint64_t)(uintptr_t)h;
 				}
 			}
@@ -1054,7 +1112,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (rc < 0)
 		fuse_reply_err(req, -rc);
 	else if (fuse_reply_open(req, fi) != 0)
-		fi->fh = 0; /* the kernel will not release it: leak rather than crash */
+		drop_handle(fi); /* interrupted: the kernel will not release it */
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -1077,7 +1135,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		if (rc == 0 && !x)
 			rc = -ENOMEM;
 		if (rc == 0) {
-			rc = open_version(x, fi->flags | O_TRUNC, fi);
+			rc = open_version(req, x, fi->flags | O_TRUNC, fi);
 			if (rc == 0) {
 				struct version *v = handle_version(fi);
 				pthread_mutex_lock(&v->mu);
@@ -1090,8 +1148,10 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 				node_stat(x, &e.attr, &t);
 				e.ino = x->ino;
 				e.attr_timeout = e.entry_timeout = T_LABEL;
-				if (fuse_reply_create(req, &e, fi) != 0)
+				if (fuse_reply_create(req, &e, fi) != 0) {
+					drop_handle(fi);
 					node_forget(x->ino, 1);
+				}
 				return;
 			}
 			node_forget(x->ino, 1);
@@ -1192,6 +1252,14 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (h && h->v) {
 		/* Whichever handle is last commits, a reader's too. */
 		struct version *v = h->v;
+		/* A process that only inherited the descriptor (a child of a
+		 * multithreaded writer closing it at exec or exit) does not
+		 * end the version: the opener may be writing still. */
+		long tgid = h->opener >= 0 ? tgid_of(fuse_req_ctx(req)->pid) : -1;
+		if (tgid >= 0 && tgid != h->opener) {
+			fuse_reply_err(req, 0);
+			return;
+		}
 		/* Release comes after close(2) returns, so a handle closed by
 		 * its program still counts until then: count it out here. */
 		pthread_mutex_lock(&cur_mu);
@@ -1230,21 +1298,40 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	fuse_reply_err(req, -rc);
 }
 
+static void handle_close(struct handle *h, bool commit);
+
+/* A handle whose open reply did not reach the kernel. */
+static void drop_handle(struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (h) {
+		untrack(&h->link);
+		handle_close(h, false);
+	}
+	fi->fh = 0;
+}
+
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
 	set_caller(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	if (!h) {
-		fuse_reply_err(req, 0);
-		return;
+	if (h) {
+		untrack(&h->link);
+		handle_close(h, true);
 	}
+	fuse_reply_err(req, 0);
+}
+
+/* Frees a handle; commit: commit its version if it is the last one. */
+static void handle_close(struct handle *h, bool commit)
+{
 	if (h->v) {
 		struct version *v = h->v;
 		pthread_mutex_lock(&v->mu);
 		/* Writes after the last flush (a shared mapping written back
 		 * at munmap) are committed here. */
-		if (v->handles == 1)
+		if (v->handles == 1 && commit)
 			version_commit(v, false);
 		pthread_mutex_unlock(&v->mu);
 		pthread_mutex_lock(&cur_mu);
@@ -1260,7 +1347,20 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		close(h->fd);
 	}
 	free(h);
-	fuse_reply_err(req, 0);
+}
+
+void fs_ops_teardown(void)
+{
+	while (live_files.next != &live_files) {
+		struct handle *h = (struct handle *)live_files.next;
+		untrack(&h->link);
+		handle_close(h, false); /* its program closed it: flush committed */
+	}
+	while (live_dirs.next != &live_dirs) {
+		struct dirlist *d = (struct dirlist *)live_dirs.next;
+		untrack(&d->link);
+		dl_free(d);
+	}
 }
 
 /* ------------------------------------------------------------ setattr */

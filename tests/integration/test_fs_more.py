@@ -272,3 +272,23 @@ def test_two_daemons_on_one_root_see_each_others_labels(mounter, tmp_path):
     poll(lambda: (a.mnt / sid / "incoming" / "from-b").exists(), 1.5, "a to see b's label")
     assert (a.mnt / sid / "incoming" / "from-b").read_bytes() == b"written through b"
     assert a.casfs.run("fsck", sid).returncode == 0
+
+
+def test_a_child_closing_an_inherited_descriptor_does_not_commit(mounted):
+    """A writer that starts a program mid-write (fork + exec closes the
+    inherited descriptor in the child, and the kernel sends a flush) must
+    not see a half-written version committed."""
+    sid, d, bdir = fresh(mounted)
+    (d / "incoming" / "f").write_bytes(b"old")
+    fd = os.open(d / "incoming" / "f", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"first half, ")
+        os.set_inheritable(fd, True)
+        subprocess.run(["true"], check=True, close_fds=False)      # child holds it, exits
+        os.set_inheritable(fd, False)
+        subprocess.run(["true"], check=True)                       # CLOEXEC: closed at exec
+        assert label_digest(bdir, "f") == sha256(b"old"), "a child's close committed a partial version"
+        os.write(fd, b"second half")
+    finally:
+        os.close(fd)
+    assert label_digest(bdir, "f") == sha256(b"first half, second half")

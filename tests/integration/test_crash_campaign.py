@@ -1,0 +1,162 @@
+"""The crash campaign (SPEC §2 invariants, §5, §6): many times in a row,
+mount, drive a random mix of large and small writes, label renames, hard
+links, removals and `casfs gc`, kill the daemon with SIGKILL at a random
+moment, and check the store:
+
+- every label names a present blob, and every blob hashes to its name;
+- no staging debris once a daemon serves the store again;
+- every operation that had returned is reflected exactly (each worker owns
+  its names and keeps a model of them; the one operation in flight at the
+  kill may show its old or its new state);
+- `casfs fsck` reports nothing.
+
+CASFS_CRASH_ITERATIONS sets the number of rounds (default 10 here; the
+full campaign in tests/RELIABILITY.md uses 50)."""
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from fuse_util import Mounter, backing_blobs, backing_labels, sha256, staging_files
+
+ITERATIONS = int(os.environ.get("CASFS_CRASH_ITERATIONS", "10"))
+WORKERS = 4
+NAMES = [f"n{i}" for i in range(5)]
+
+
+class Worker:
+    """Runs random operations on its own names t<k>/n*, keeping a model of
+    what each name holds."""
+
+    def __init__(self, k, mdir, rnd, state):
+        self.k, self.mdir, self.rnd = k, mdir, rnd
+        self.state = state          # name -> digest, carried across rounds
+        self.pending = None         # (pre, post) of the operation in flight
+        self.done = 0
+        self.history = []           # (round, op, names, digest), for failure reports
+
+    def path(self, sub, name):
+        return self.mdir / sub / f"t{self.k}" / name
+
+    def step(self):
+        rnd, st = self.rnd, self.state
+        op = rnd.choice(["write", "write", "write", "rename", "link", "remove"])
+        post = dict(st)
+        existing = sorted(st)
+        if op == "write" or not existing:
+            name = rnd.choice(NAMES)
+            size = rnd.randrange(0, 4096) if rnd.random() < 0.6 else rnd.randrange(1 << 20, 3 << 20)
+            body = rnd.randbytes(size)
+            post[name] = sha256(body)
+            self.history.append(("write", name, post[name], len(body)))
+            self.pending = (dict(st), post)
+            with open(self.path("incoming", name), "wb") as f:
+                for off in range(0, len(body), 256 * 1024):
+                    f.write(body[off:off + 256 * 1024])
+        elif op == "rename":
+            a, b = rnd.choice(existing), rnd.choice(NAMES)
+            post[b] = post.pop(a)
+            self.history.append(("rename", a, b))
+            self.pending = (dict(st), post)
+            os.rename(self.path("labels", a), self.path("labels", b))
+        elif op == "link":
+            a = rnd.choice(existing)
+            free = [n for n in NAMES if n not in st]
+            if not free:
+                return
+            b = rnd.choice(free)
+            post[b] = st[a]
+            self.history.append(("link", a, b))
+            self.pending = (dict(st), post)
+            os.link(self.path("incoming", a), self.path("incoming", b))
+        else:
+            a = rnd.choice(existing)
+            del post[a]
+            self.history.append(("remove", a))
+            self.pending = (dict(st), post)
+            os.unlink(self.path("labels", a))
+        st.clear()
+        st.update(post)
+        self.pending = None
+        self.done += 1
+
+    def run(self, stop):
+        try:
+            while not stop.is_set():
+                self.step()
+        except OSError:
+            pass  # the daemon is gone (ENOTCONN) mid-operation
+
+
+def check_store(bdir, workers):
+    labels = {n: d.decode() for n, d in backing_labels(bdir).items()}
+    blobs = backing_blobs(bdir)
+    for name, d in labels.items():
+        assert d in blobs, f"label {name} names absent blob {d}"
+    for d, body in blobs.items():
+        assert sha256(body) == d, f"blob {d} does not hash to its name"
+    for w in workers:
+        mine = {n.split("/", 1)[1]: d for n, d in labels.items() if n.startswith(f"t{w.k}/")}
+        if w.pending is None:
+            assert mine == w.state, f"worker {w.k}: store {mine} != model {w.state}"
+        else:
+            pre, post = w.pending
+            assert mine in (pre, post), (f"worker {w.k}: {mine} is neither {pre} nor {post}; "
+                                         f"last operations: {w.history[-12:]}")
+            w.state.clear()
+            w.state.update(mine)  # whichever it was, go on from there
+            w.pending = None
+
+
+def test_crash_campaign(casfs_bin, tmp_path):
+    rnd = random.Random(int(os.environ.get("CASFS_CRASH_SEED", "20261122")))
+    mounter = Mounter("casfs-mount", casfs_bin, tmp_path)
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    states = [dict() for _ in range(WORKERS)]
+    total_ops = 0
+    try:
+        for it in range(ITERATIONS):
+            m = mounter(root=root, mnt=mnt)
+            if it == 0:
+                os.mkdir(mnt / "s")
+                for k in range(WORKERS):
+                    os.mkdir(mnt / "s" / "incoming" / f"t{k}")
+            mdir, bdir = m.store("s")
+            if it > 0:
+                # The daemon cleared the debris of the one killed before.
+                assert staging_files(bdir) == [], f"round {it}: staging debris left"
+            workers = [Worker(k, mdir, random.Random(rnd.random()), states[k]) for k in range(WORKERS)]
+            stop = threading.Event()
+            threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+            gc_runs = [0]
+
+            def gc_loop():
+                while not stop.is_set():
+                    m.casfs.run("gc", "--grace", "0", "s", expect=None)
+                    gc_runs[0] += 1
+            threads.append(threading.Thread(target=gc_loop))
+            for t in threads:
+                t.start()
+            time.sleep(rnd.uniform(0.2, 1.0))
+            rc = m.kill()
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            assert not any(t.is_alive() for t in threads), "a worker is stuck on the dead mount"
+            assert rc == -9
+            total_ops += sum(w.done for w in workers)
+            check_store(bdir, workers)
+        # A last, clean mount: fsck finds nothing, and no debris is left.
+        m = mounter(root=root, mnt=mnt)
+        mdir, bdir = m.store("s")
+        p = m.casfs.run("fsck", "s")
+        assert p.stdout == b"", p.stdout
+        assert staging_files(bdir) == []
+        check_store(bdir, [])
+        m.unmount()
+    finally:
+        mounter.finish()
+    assert total_ops > ITERATIONS * 5, f"only {total_ops} operations in {ITERATIONS} rounds"
+    print(f"crash campaign: {ITERATIONS} rounds, {total_ops} operations checked")
