@@ -577,6 +577,90 @@ static int dir_stage_clean(casfs_store *s, unsigned *removed)
 	return rc;
 }
 
+/* ---------------------------------------------------------------- sessions */
+
+/* .casfs/sessions/<pid>.<random>: "start=<ns>", flock()ed for the life of
+ * the session, removed when it ends.  One that nobody holds locked was left
+ * by a process that died. */
+static int dir_session_begin(casfs_store *s, int *session, int64_t *unclean_since)
+{
+	*session = -1;
+	*unclean_since = 0;
+	int dfd = meta_subdir(s, "sessions");
+	if (dfd < 0)
+		return dfd;
+	int rc = 0;
+	DIR *d = dir_stream(dfd);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		int fd = openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+			char buf[64] = "";
+			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+			long long start = 0;
+			if (n > 0 && sscanf(buf, "start=%lld", &start) == 1 && start > 0 &&
+			    (*unclean_since == 0 || start < *unclean_since))
+				*unclean_since = start;
+			else if (n <= 0 || start <= 0)
+				*unclean_since = 1; /* unreadable: suspect everything */
+			unlinkat(dfd, e->d_name, 0);
+		}
+		close(fd);
+	}
+	if (d)
+		closedir(d);
+	char name[64], text[64];
+	snprintf(name, sizeof(name), "%ld.", (long)getpid());
+	casfs__randhex(name + strlen(name), 12);
+	int fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0 || flock(fd, LOCK_EX) < 0) {
+		rc = casfs__errno(-errno, "cannot record a session in store '%s'", s->id);
+	} else {
+		snprintf(text, sizeof(text), "start=%lld\n", (long long)casfs__now_ns());
+		if ((rc = casfs__write_all(fd, text, strlen(text))) == 0 && !casfs__nosync(s))
+			fsync(fd);
+		if (rc == 0) {
+			*session = fd;
+			fd = -1;
+		}
+	}
+	xclose(fd);
+	if (rc == 0)
+		maybe_fsync(s, dfd);
+	close(dfd);
+	return rc;
+}
+
+static void dir_session_end(casfs_store *s, int session)
+{
+	if (session < 0)
+		return;
+	int dfd = meta_subdir(s, "sessions");
+	if (dfd >= 0) {
+		/* Find our file by its inode: the fd is all we kept. */
+		struct stat mine;
+		DIR *d = fstat(session, &mine) == 0 ? dir_stream(dfd) : NULL;
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			struct stat sb;
+			if (fstatat(dfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_ino == mine.st_ino &&
+			    sb.st_dev == mine.st_dev) {
+				unlinkat(dfd, e->d_name, 0);
+				maybe_fsync(s, dfd);
+				break;
+			}
+		}
+		if (d)
+			closedir(d);
+		close(dfd);
+	}
+	close(session);
+}
+
 static int dir_stage_sync(casfs_store *s, struct casfs_stage *const *st, size_t n)
 {
 	if (casfs__nosync(s) || n == 0)
@@ -1319,6 +1403,8 @@ const struct casfs_backend casfs__backend_dir = {
 	.stage_create = dir_stage_create,
 	.stage_discard = dir_stage_discard,
 	.stage_clean = dir_stage_clean,
+	.session_begin = dir_session_begin,
+	.session_end = dir_session_end,
 	.stage_sync = dir_stage_sync,
 	.blob_publish = dir_blob_publish,
 	.publish_sync = dir_publish_sync,

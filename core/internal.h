@@ -84,6 +84,8 @@ struct casfs_backend {
 	int (*stage_create)(casfs_store *s, struct casfs_stage *st);
 	void (*stage_discard)(casfs_store *s, struct casfs_stage *st);
 	int (*stage_clean)(casfs_store *s, unsigned *removed);
+	int (*session_begin)(casfs_store *s, int *session, int64_t *unclean_since);
+	void (*session_end)(casfs_store *s, int session);
 	/* Makes the content of the staging files durable. */
 	int (*stage_sync)(casfs_store *s, struct casfs_stage *const *st,
 			  size_t n);

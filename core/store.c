@@ -170,6 +170,25 @@ int casfs_store_clean_staging(casfs_store *s, unsigned *removed)
 	return s->be->stage_clean(s, removed);
 }
 
+int casfs_store_session_begin(casfs_store *s, int *session, int64_t *unclean_since)
+{
+	return s->be->session_begin(s, session, unclean_since);
+}
+
+void casfs_store_session_end(casfs_store *s, int session)
+{
+	s->be->session_end(s, session);
+}
+
+int casfs_blob_quarantine(casfs_store *s, const char *hex)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	rc = s->be->blob_quarantine(s, hex);
+	return casfs__journal_ret(s, "quarantine", NULL, hex, NULL, rc);
+}
+
 /* ------------------------------------------------------------------- blobs */
 
 int casfs_blob_exists(casfs_store *s, const char *hex)
@@ -211,6 +230,19 @@ int casfs_blob_open(casfs_store *s, const char *hex, int *fd)
 	if (rc < 0)
 		return rc;
 	return s->be->blob_open(s, hex, fd);
+}
+
+int casfs_blob_verify(casfs_store *s, const char *hex, int fd)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	char got[CASFS_HEX_MAX];
+	if ((rc = casfs__hash_fd(s->algo, fd, got, NULL)) < 0)
+		return rc;
+	if (strcmp(got, hex) != 0)
+		return casfs__err(-EIO, "blob %s is corrupt: its content hashes to %s", hex, got);
+	return 0;
 }
 
 int casfs_blob_verify_copy(casfs_store *s, const char *hex, int fd, int out)

@@ -36,8 +36,19 @@ struct fstore {
 	casfs_store *s;
 	int refs;
 	bool dead;
+	int session;           /* casfs_store_session_begin()'s token */
+	/* After an unclean stop of an earlier daemon: blobs stored since then
+	 * are hashed once before they are served (SPEC §6). */
+	int64_t suspect_since; /* 0: nothing to check */
+	pthread_mutex_t vmu;
+	char (*verified)[CASFS_HEX_MAX];
+	size_t nverified, capverified;
 	struct fstore *next;
 };
+
+/* 0 if the blob open on fd may be served; -EIO (and the blob quarantined)
+ * if it was stored since an unclean stop and no longer matches its name. */
+int fstore_check_blob(struct fstore *st, const char *hex, int fd);
 
 struct version;
 

@@ -12,6 +12,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static pthread_mutex_t tbl_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct node **by_ino, **by_key;
@@ -314,6 +315,18 @@ int fstore_get(const char *id, struct fstore **out)
 		if (removed)
 			fs_log(LOG_NOTICE, "store %s: removed %u staging files of dead writers", id, removed);
 	}
+	pthread_mutex_init(&st->vmu, NULL);
+	st->session = -1;
+	if (!fs.read_only) {
+		int64_t since = 0;
+		if (casfs_store_session_begin(s, &st->session, &since) < 0)
+			fs_log(LOG_WARNING, "store %s: %s", id, casfs_error_last());
+		if (since) {
+			st->suspect_since = since;
+			fs_log(LOG_NOTICE, "store %s: an earlier daemon stopped uncleanly; blobs stored "
+			       "since then are verified before they are served", id);
+		}
+	}
 	st->next = stores;
 	stores = st;
 	*out = st;
@@ -335,7 +348,10 @@ void fstore_close_all(void)
 	pthread_mutex_lock(&stores_mu);
 	for (struct fstore *st = stores, *n; st; st = n) {
 		n = st->next;
+		casfs_store_session_end(st->s, st->session); /* a clean stop */
 		casfs_store_free(st->s);
+		pthread_mutex_destroy(&st->vmu);
+		free(st->verified);
 		free(st);
 	}
 	stores = NULL;
@@ -351,4 +367,52 @@ void fstore_close_all(void)
 	free(by_key);
 	by_ino = by_key = NULL;
 	nbuckets = nnodes = 0;
+}
+
+/* ------------------------------------------------- checks after a crash */
+
+static bool verified_has(struct fstore *st, const char *hex)
+{
+	for (size_t i = 0; i < st->nverified; i++)
+		if (strcmp(st->verified[i], hex) == 0)
+			return true;
+	return false;
+}
+
+int fstore_check_blob(struct fstore *st, const char *hex, int fd)
+{
+	if (!st->suspect_since)
+		return 0;
+	struct stat sb;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	int64_t mtime = (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+	if (mtime < st->suspect_since)
+		return 0; /* older than the crash: published and synced before it */
+	pthread_mutex_lock(&st->vmu);
+	bool ok = verified_has(st, hex);
+	pthread_mutex_unlock(&st->vmu);
+	if (ok)
+		return 0;
+	int rc = casfs_blob_verify(st->s, hex, fd);
+	if (rc == -EIO) {
+		fs_log(LOG_WARNING, "store %s: %s; moved to quarantine", st->id, casfs_error_last());
+		casfs_blob_quarantine(st->s, hex);
+		return -EIO;
+	}
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&st->vmu);
+	if (st->nverified == st->capverified) {
+		size_t cap = st->capverified ? st->capverified * 2 : 64;
+		void *p = realloc(st->verified, cap * sizeof(*st->verified));
+		if (p) {
+			st->verified = p;
+			st->capverified = cap;
+		}
+	}
+	if (st->nverified < st->capverified)
+		snprintf(st->verified[st->nverified++], CASFS_HEX_MAX, "%s", hex);
+	pthread_mutex_unlock(&st->vmu);
+	return 0;
 }

@@ -247,7 +247,12 @@ static void version_set_base(struct version *v, struct fstore *st, const char *h
 	v->base_size = 0;
 	if (hex[0]) {
 		casfs_blob_size(st->s, hex, &v->base_size);
-		casfs_blob_open(st->s, hex, &v->base_fd);
+		if (casfs_blob_open(st->s, hex, &v->base_fd) == 0 &&
+		    fstore_check_blob(st, hex, v->base_fd) < 0) {
+			close(v->base_fd); /* damaged: the version starts empty */
+			v->base_fd = -1;
+			v->base_size = 0;
+		}
 	}
 }
 
@@ -1000,6 +1005,8 @@ static int open_plain(struct fstore *st, const char *hex, struct fuse_file_info 
 	if (!h)
 		return -ENOMEM;
 	int rc = casfs_blob_open(st->s, hex, &h->fd);
+	if (rc == 0 && (rc = fstore_check_blob(st, hex, h->fd)) < 0)
+		close(h->fd);
 	if (rc < 0) {
 		free(h);
 		return rc;

@@ -115,6 +115,18 @@ const char *casfs_store_id(const casfs_store *store);
  * removed goes to *removed if not NULL. */
 int casfs_store_clean_staging(casfs_store *store, unsigned *removed);
 
+/* Sessions, for long-lived users such as the filesystem daemon (SPEC §6):
+ * a session marks the store as in use until it ends cleanly.  Beginning
+ * one reports, in *unclean_since, the start time (ns since the epoch) of
+ * the oldest earlier session that never ended (its process died), or 0:
+ * blobs stored or freshened since then deserve a check before they are
+ * served.  *session is a token for casfs_store_session_end(). */
+int casfs_store_session_begin(casfs_store *store, int *session, int64_t *unclean_since);
+void casfs_store_session_end(casfs_store *store, int session);
+
+/* Moves a blob aside into .casfs/quarantine/ (as fsck --repair does). */
+int casfs_blob_quarantine(casfs_store *store, const char *hex);
+
 /* ------------------------------------------------------------------- blobs */
 
 /* Stores len bytes; the digest goes to hex_out.  Returns 0 if the blob was
@@ -136,6 +148,9 @@ int casfs_blob_size(casfs_store *store, const char *hex, uint64_t *size);
 int casfs_blob_stat(casfs_store *store, const char *hex, uint64_t *size, int64_t *mtime_ns);
 /* Opens a stored blob for reading; the caller owns and closes *fd. */
 int casfs_blob_open(casfs_store *store, const char *hex, int *fd);
+/* Hashes the blob open on fd (from casfs_blob_open): 0 if it matches hex,
+ * -EIO if it does not. */
+int casfs_blob_verify(casfs_store *store, const char *hex, int fd);
 /* Copies the blob open on fd (from casfs_blob_open) to out, hashing it on
  * the way; -EIO if the content no longer matches hex (the bytes are then
  * already written: the caller must treat them as bad). */

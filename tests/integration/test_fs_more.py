@@ -292,3 +292,36 @@ def test_a_child_closing_an_inherited_descriptor_does_not_commit(mounted):
     finally:
         os.close(fd)
     assert label_digest(bdir, "f") == sha256(b"first half, second half")
+
+
+def test_blob_damaged_after_an_unclean_stop_is_quarantined_not_served(mounter):
+    """SPEC §6: after a daemon dies, the next one hashes blobs stored since
+    the dead one started before serving them; one truncated by hand in
+    between is quarantined and never served."""
+    m = mounter()
+    sid = m.casfs.out("new")
+    body = os.urandom(200_000)
+    good = b"stored before the crash, left intact"
+    (m.mnt / sid / "incoming" / "f").write_bytes(body)
+    (m.mnt / sid / "incoming" / "g").write_bytes(good)
+    assert m.kill() == -9                                    # an unclean stop
+    d = sha256(body)
+    blob = m.root / sid / "data" / d
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.truncate(1000)                                     # damaged behind casfs's back
+    m2 = mounter(root=m.root, mnt=m.mnt)
+    mdir = m2.mnt / sid
+    with pytest.raises(OSError) as e:
+        (mdir / "data" / d).read_bytes()
+    assert e.value.errno == errno.EIO
+    with pytest.raises(OSError) as e:
+        (mdir / "labels" / "f").read_bytes()
+    assert e.value.errno in (errno.EIO, errno.ENOENT)
+    assert not blob.exists(), "the damaged blob was left in data/"
+    quarantined = os.listdir(m.root / sid / ".casfs" / "quarantine")
+    assert any(d in q for q in quarantined), quarantined
+    assert (mdir / "labels" / "g").read_bytes() == good     # intact blobs are served
+    p = m2.casfs.run("fsck", sid, expect=1)                  # the label now dangles
+    assert b"dangling-label" in p.stdout and b" f:" in p.stdout
+    m2.expect_log("corrupt")

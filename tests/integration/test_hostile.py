@@ -18,8 +18,8 @@ def snapshot(root):
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             rel = os.path.relpath(p, root)
-            if "/.casfs/journal" in "/" + rel or rel.endswith("/.casfs/lock"):
-                continue  # the journal records refusals by design
+            if "/.casfs/journal" in "/" + rel or rel.endswith("/.casfs/lock") or "/.casfs/sessions" in "/" + rel:
+                continue  # bookkeeping: the journal records refusals by design
             if os.path.islink(p):
                 res[rel] = ("link", os.readlink(p))
             elif os.path.isdir(p):

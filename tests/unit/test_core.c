@@ -9,6 +9,13 @@
 #include <sys/wait.h>
 
 static char *root_path;
+
+static int64_t casfs__test_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 static casfs_root *root;
 
 static const char *sha256_hello = /* sha256("hello\n") */
@@ -606,6 +613,36 @@ static void test_theater_open(void)
 	casfs_store_free(s);
 }
 
+static void test_sessions(void)
+{
+	casfs_store *s;
+	casfs_store_create(root, "sess", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "sess"), 0, "open session store");
+	int a, b, c;
+	int64_t since = -1;
+	IS(casfs_store_session_begin(s, &a, &since), 0, "first session");
+	IS(since, 0, "no unclean session before it");
+	int64_t since2 = -1;
+	IS(casfs_store_session_begin(s, &b, &since2), 0, "a second, concurrent session");
+	IS(since2, 0, "a live session is not unclean");
+	close(a); /* the first one's process dies without ending it */
+	int64_t since3 = 0;
+	IS(casfs_store_session_begin(s, &c, &since3), 0, "a third session");
+	OK(since3 > 0 && since3 <= casfs__test_now(), "the dead session is reported with its start (%lld)",
+	   (long long)since3);
+	casfs_store_session_end(s, b);
+	casfs_store_session_end(s, c);
+	int d;
+	int64_t since4 = -1;
+	IS(casfs_store_session_begin(s, &d, &since4), 0, "a session after clean ends");
+	IS(since4, 0, "clean ends leave nothing to check");
+	casfs_store_session_end(s, d);
+	char p[4096];
+	snprintf(p, sizeof(p), "%s/sess/.casfs/sessions", root_path);
+	IS(count_entries(p), 0, "no session files left");
+	casfs_store_free(s);
+}
+
 struct thread_arg {
 	casfs_store *s;
 	int id, errors;
@@ -683,6 +720,7 @@ int main(void)
 	test_gc_fsck_stats();
 	test_label_tree();
 	test_theater_open();
+	test_sessions();
 	test_threads();
 	casfs_root_free(root);
 	rm_rf(root_path);
