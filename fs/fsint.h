@@ -37,6 +37,9 @@ struct fstore {
 	int refs;
 	bool dead;
 	int session;           /* casfs_store_session_begin()'s token */
+	uid_t uid;             /* owner and mode of the store directory */
+	gid_t gid;
+	mode_t mode;
 	/* After an unclean stop of an earlier daemon: blobs stored since then
 	 * are hashed once before they are served (SPEC §6). */
 	int64_t suspect_since; /* 0: nothing to check */
@@ -84,6 +87,10 @@ struct fs_config {
 extern struct fs_config fs;
 
 void fs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The filesystem identity of this thread for changes to the backing store
+ * (a no-op unless the daemon runs as root). */
+void fs_identity(uid_t uid, gid_t gid);
+void fs_identity_current(uid_t *uid, gid_t *gid);
 
 struct node *node_get(fuse_ino_t ino);
 /* Finds or makes the node and counts one kernel lookup on it. */

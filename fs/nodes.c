@@ -12,6 +12,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
 
 static pthread_mutex_t tbl_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -308,6 +309,25 @@ int fstore_get(const char *id, struct fstore **out)
 	}
 	snprintf(st->id, sizeof(st->id), "%s", id);
 	st->s = s;
+	/* The daemon's own bookkeeping in a store (sessions, clearing
+	 * staging) is done as the store's owner, so the files it makes are
+	 * the owner's. */
+	char path[PATH_MAX];
+	struct stat sb;
+	uid_t saved_uid;
+	gid_t saved_gid;
+	fs_identity_current(&saved_uid, &saved_gid);
+	snprintf(path, sizeof(path), "%s/%s", fs.root_path, id);
+	if (lstat(path, &sb) == 0) {
+		st->uid = sb.st_uid;
+		st->gid = sb.st_gid;
+		st->mode = sb.st_mode & 07777;
+	} else {
+		st->uid = fs.uid;
+		st->gid = fs.gid;
+		st->mode = 0755;
+	}
+	fs_identity(st->uid, st->gid);
 	/* Debris of a daemon or command that died: gone before we serve. */
 	if (!fs.read_only) {
 		unsigned removed = 0;
@@ -327,6 +347,7 @@ int fstore_get(const char *id, struct fstore **out)
 			       "since then are verified before they are served", id);
 		}
 	}
+	fs_identity(saved_uid, saved_gid);
 	st->next = stores;
 	stores = st;
 	*out = st;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/fsuid.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -29,10 +30,41 @@ static const bool fs_share_truncate = false;
 
 /* --------------------------------------------------------------- helpers */
 
+/* Changes to the backing store are made with the caller's filesystem
+ * identity (setfsuid/setfsgid are per thread), so files get the caller as
+ * owner and the backing filesystem checks the caller's permissions: a user
+ * cannot write into another user's store through the mount any more than
+ * with the command.  Reads run as the daemon. */
+static __thread uid_t cur_uid;
+static __thread gid_t cur_gid;
+
+void fs_identity_current(uid_t *uid, gid_t *gid)
+{
+	*uid = cur_uid;
+	*gid = cur_gid;
+}
+
+void fs_identity(uid_t uid, gid_t gid)
+{
+	if (fs.uid != 0 || (uid == cur_uid && gid == cur_gid))
+		return; /* a daemon that is not root cannot change identity */
+	setfsgid(gid);
+	setfsuid(uid);
+	cur_uid = uid;
+	cur_gid = gid;
+}
+
 static void set_caller(fuse_req_t req)
 {
 	const struct fuse_ctx *c = fuse_req_ctx(req);
 	casfs_caller_set((long)c->uid, (long)c->pid);
+	fs_identity(c->uid, c->gid);
+}
+
+/* For requests that only read. */
+static void as_daemon(void)
+{
+	fs_identity(0, 0);
 }
 
 /* "parent/name", or "name" under the top; NULL if too long. */
@@ -161,6 +193,8 @@ struct handle {
 	bool writable;
 	bool flushed;      /* closed by the program, release still to come */
 	long opener;       /* process (tgid) that opened it, -1 if unknown */
+	uid_t uid;         /* who opened it: commits at release are made as them */
+	gid_t gid;
 };
 
 static void drop_handle(struct fuse_file_info *fi);
@@ -373,14 +407,25 @@ static int node_stat(struct node *x, struct stat *st, double *timeout)
 	int rc = 0;
 	*timeout = T_LABEL;
 	switch (x->kind) {
-	case K_ROOT:
-		fill_dir(st, x->ino, 0755);
+	case K_ROOT: {
+		/* The root's owner and mode decide who may add stores. */
+		struct stat rs;
+		if (stat(fs.root_path, &rs) < 0)
+			return -errno;
+		fill_dir(st, x->ino, rs.st_mode & (fs.read_only ? 07555 : 07777));
+		st->st_uid = rs.st_uid;
+		st->st_gid = rs.st_gid;
 		return 0;
+	}
 	case K_STORE:
-		fill_dir(st, x->ino, fs.read_only ? 0555 : 0755);
+		fill_dir(st, x->ino, x->st->mode & (fs.read_only ? 07555 : 07777));
+		st->st_uid = x->st->uid;
+		st->st_gid = x->st->gid;
 		return 0;
 	case K_DATA:
 		fill_dir(st, x->ino, 0555);
+		st->st_uid = x->st->uid;
+		st->st_gid = x->st->gid;
 		*timeout = T_STATIC;
 		return 0;
 	case K_BLOB: {
@@ -394,8 +439,8 @@ static int node_stat(struct node *x, struct stat *st, double *timeout)
 		st->st_nlink = 1;
 		st->st_size = (off_t)size;
 		st->st_blocks = (blkcnt_t)((size + 511) / 512);
-		st->st_uid = fs.uid;
-		st->st_gid = fs.gid;
+		st->st_uid = x->st->uid;
+		st->st_gid = x->st->gid;
 		ns_to_ts(mtime, &st->st_mtim);
 		st->st_ctim = st->st_atim = st->st_mtim;
 		*timeout = T_STATIC;
@@ -517,6 +562,7 @@ static void reply_entry(fuse_req_t req, struct node *x)
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	as_daemon();
 	struct node *p = node_get(parent), *x = NULL;
 	if (!p) {
 		fuse_reply_err(req, ENOENT);
@@ -616,6 +662,7 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	as_daemon();
 	(void)fi;
 	struct node *x = node_get(ino);
 	struct stat st;
@@ -688,6 +735,7 @@ static void dl_free(struct dirlist *d)
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	as_daemon();
 	struct node *x = node_get(ino);
 	struct dirlist *d = calloc(1, sizeof(*d));
 	int rc = x && d ? 0 : (d ? -ENOENT : -ENOMEM);
@@ -829,6 +877,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
+	as_daemon();
 	struct node *x = node_get(ino);
 	if (!x || x->kind != K_LINK) {
 		fuse_reply_err(req, x ? EINVAL : ENOENT);
@@ -1027,6 +1076,8 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 	h->fd = -1;
 	h->writable = writable;
 	h->opener = tgid_of(fuse_req_ctx(req)->pid);
+	h->uid = fuse_req_ctx(req)->uid;
+	h->gid = fuse_req_ctx(req)->gid;
 	int rc = 0;
 	pthread_mutex_lock(&cur_mu);
 	struct version *v = x->cur;
@@ -1177,6 +1228,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	as_daemon();
 	(void)ino;
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
@@ -1221,6 +1273,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	struct version *v = h->v;
+	fs_identity(h->uid, h->gid); /* a write may start a new staging file */
 	if (__atomic_load_n(&h->flushed, __ATOMIC_RELAXED)) {
 		/* Written again through a duplicate descriptor (or a shared
 		 * mapping): the handle is open after all. */
@@ -1324,6 +1377,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	set_caller(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	if (h) {
+		/* A release carries no caller: commit as the opener. */
+		fs_identity(h->uid, h->gid);
 		untrack(&h->link);
 		handle_close(h, true);
 	}
@@ -1503,6 +1558,7 @@ static int node_digest(struct node *x, char hex[CASFS_HEX_MAX])
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+	as_daemon();
 	struct node *x = node_get(ino);
 	if (!x) {
 		fuse_reply_err(req, ENOENT);
@@ -1529,6 +1585,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+	as_daemon();
 	struct node *x = node_get(ino);
 	if (!x) {
 		fuse_reply_err(req, ENOENT);
@@ -1565,6 +1622,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+	as_daemon();
 	(void)ino;
 	struct statvfs sv;
 	if (statvfs(fs.root_path, &sv) < 0)
