@@ -40,7 +40,41 @@ static void puts_(struct buf *b, const char *s)
 	put(b, s, strlen(s));
 }
 
-/* Appends "key":"value" with JSON escaping (bytes >= 0x80 pass through). */
+/* Length of the valid UTF-8 sequence at c (1-4), or 0 if it is not one
+ * (stray continuation bytes, overlong forms, surrogates, > U+10FFFF, or a
+ * sequence cut short). */
+static int utf8_len(const unsigned char *c)
+{
+	if (c[0] < 0x80)
+		return 1;
+	int n;
+	uint32_t cp;
+	if ((c[0] & 0xe0) == 0xc0) {
+		n = 2;
+		cp = c[0] & 0x1f;
+	} else if ((c[0] & 0xf0) == 0xe0) {
+		n = 3;
+		cp = c[0] & 0x0f;
+	} else if ((c[0] & 0xf8) == 0xf0) {
+		n = 4;
+		cp = c[0] & 0x07;
+	} else {
+		return 0;
+	}
+	for (int i = 1; i < n; i++) {
+		if ((c[i] & 0xc0) != 0x80)
+			return 0; /* also stops at the terminating NUL */
+		cp = (cp << 6) | (c[i] & 0x3f);
+	}
+	static const uint32_t min[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+	if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/* Appends "key":"value" with JSON escaping.  Names are any bytes but NUL
+ * (SPEC §2) while JSON is UTF-8: bytes that are not valid UTF-8 are
+ * written as \u00XX, one per byte (lossy, but the line stays JSON). */
 static void put_str(struct buf *b, const char *key, const char *v)
 {
 	if (!v)
@@ -48,17 +82,20 @@ static void put_str(struct buf *b, const char *key, const char *v)
 	char tmp[16];
 	snprintf(tmp, sizeof(tmp), ",\"%s\":\"", key);
 	puts_(b, tmp);
-	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+	for (const unsigned char *c = (const unsigned char *)v; *c;) {
+		int n = utf8_len(c);
 		if (*c == '"' || *c == '\\') {
 			char e[2] = { '\\', (char)*c };
 			put(b, e, 2);
-		} else if (*c < 0x20 || *c == 0x7f) {
+		} else if (n == 0 || *c < 0x20 || *c == 0x7f) {
 			char e[8];
 			snprintf(e, sizeof(e), "\\u%04x", *c);
 			puts_(b, e);
+			n = 1;
 		} else {
-			put(b, (const char *)c, 1);
+			put(b, (const char *)c, (size_t)n);
 		}
+		c += n ? n : 1;
 	}
 	put(b, "\"", 1);
 }

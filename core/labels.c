@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,9 +27,12 @@ static int label_read(casfs_store *s, const char *name, char hex[CASFS_HEX_MAX])
 	casfs__trim(buf, &len);
 	if (len == 0)
 		return -ENOENT; /* Theater: an empty label file means no label */
-	if (casfs_digest_check(s->algo, buf) < 0)
-		return casfs__err(-EINVAL, "label '%s' does not hold a %s digest ('%.70s')", name,
-				  casfs_algo_name(s->algo), buf);
+	/* Exactly one digest and nothing else (a NUL would hide the rest from
+	 * string functions). */
+	if (len != casfs_algo_hexlen(s->algo) || memchr(buf, '\0', len) ||
+	    casfs_digest_check(s->algo, buf) < 0)
+		return casfs__err(-EINVAL, "label '%s' does not hold a %s digest", name,
+				  casfs_algo_name(s->algo));
 	memcpy(hex, buf, len + 1);
 	return 0;
 }
@@ -199,12 +203,10 @@ static int only_labels(const char *name, void *ud)
 {
 	struct label_filter *f = ud;
 	char hex[CASFS_HEX_MAX];
-	/* Names only: skip files that cannot be label names.  Empty files
-	 * (Theater's "no label") are skipped by size, without a read. */
-	if (casfs_label_check(name) < 0)
-		return 0;
-	int rc = f->s->be->label_read(f->s, name, hex, sizeof(hex), &(size_t){ 0 });
-	if (rc == 0 && hex[0] == '\0')
+	/* Skip files that cannot be label names, and those that are
+	 * Theater's "no label" (empty or only white space).  Damaged ones
+	 * are listed: get reports them. */
+	if (casfs_label_check(name) < 0 || label_read(f->s, name, hex) == -ENOENT)
 		return 0;
 	return f->fn(name, f->ud);
 }
@@ -347,10 +349,34 @@ int casfs_label_rmdir(casfs_store *s, const char *name)
 	return label_dir_change(s, name, false, 0);
 }
 
+struct readdir_filter {
+	casfs_store *s;
+	const char *dir;
+	casfs_dirent_fn fn;
+	void *ud;
+};
+
+static int only_label_entries(const char *name, int is_dir, void *ud)
+{
+	struct readdir_filter *f = ud;
+	if (!is_dir) {
+		/* The same test as get: white space alone is no label. */
+		char path[CASFS_LABEL_MAX + 2], hex[CASFS_HEX_MAX];
+		int n = snprintf(path, sizeof(path), "%s%s%s", f->dir, f->dir[0] ? "/" : "", name);
+		if (n < 0 || (size_t)n >= sizeof(path) || label_read(f->s, path, hex) == -ENOENT)
+			return 0;
+	}
+	return f->fn(name, is_dir, f->ud);
+}
+
 int casfs_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
 {
 	int rc = check_dir_name(dir);
 	if (rc < 0)
 		return rc;
-	return s->be->label_readdir(s, dir, fn, ud);
+	struct readdir_filter f = { s, dir, fn, ud };
+	rc = s->be->label_readdir(s, dir, only_label_entries, &f);
+	if (rc >= 0)
+		casfs_error_clear();
+	return rc;
 }

@@ -4,6 +4,7 @@ garbage label files.  casfs must never follow a planted symlink, must give
 a clear error for the damaged name only, and must change nothing."""
 import errno
 import os
+import subprocess
 
 import pytest
 
@@ -169,3 +170,47 @@ def test_garbage_and_huge_label_files_fail_alone(mounted):
     assert (mdir / "incoming" / "good").read_bytes() == b"fine"
     assert sorted(os.listdir(mdir / "labels")) == ["garbage", "good", "huge"]
     m.expect_log("error")
+
+
+def test_label_file_with_a_digest_then_nul_and_junk_is_refused(casfs, store, tmp_path):
+    """Found by fuzz_label_file: a digest followed by a NUL and more bytes
+    overflowed the caller's buffer; it must be an invalid label."""
+    f = tmp_path / "c"
+    f.write_bytes(b"content")
+    d = casfs.out("store", store, f)
+    (casfs.root / store / "labels" / "junk").write_bytes(d.encode() + b"\0" + b"A" * 4000)
+    p = casfs.run("get-by-label", store, "junk", expect=3)
+    assert b"does not hold" in p.stderr
+    assert casfs.run("fsck", store, expect=1).stdout.startswith(b"bad-label")
+
+
+def test_white_space_only_label_is_no_label_everywhere(mounted):
+    """Found by fuzz_label_file: a label file of white space alone is "no
+    label" for get, and must be for list-labels and the mount's listing."""
+    m = mounted
+    sid = m.casfs.out("new")
+    (m.mnt / sid / "incoming" / "real").write_bytes(b"x")
+    (m.root / sid / "labels" / "blank").write_bytes(b" \n")
+    (m.root / sid / "labels" / "blank65").write_bytes(b"\n" * 100)
+    assert m.casfs.out("list-labels", sid).split() == ["real"]
+    m.casfs.run("get-by-label", sid, "blank", expect=1)
+    assert sorted(os.listdir(m.mnt / sid / "labels")) == ["real"]
+    assert sorted(os.listdir(m.mnt / sid / "incoming")) == ["real"]
+
+
+def test_journal_lines_stay_json_for_names_that_are_not_utf8(casfs, store, tmp_path):
+    """Found by fuzz_journal: label names are any bytes but NUL, the journal
+    is JSON, which is UTF-8."""
+    import json
+    f = tmp_path / "c"
+    f.write_bytes(b"content")
+    name = b"caf\xe9/" + "é".encode() * 100 + b"\xff"
+    p = subprocess.run([casfs.exe, "--root", str(casfs.root), "store-at-label", store, name, str(f)],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr
+    subprocess.run([casfs.exe, "--root", str(casfs.root), "replace-at-label", store,
+                    b"caf\xe9/" + "é".encode() * 120, "0" * 64], capture_output=True)
+    raw = casfs.run("events", store).stdout
+    for line in raw.splitlines():
+        json.loads(line.decode("utf-8"))  # strict: raises on invalid UTF-8 or JSON
+    assert b"caf\\u00e9/" in raw
