@@ -1043,23 +1043,31 @@ out:
 	return rc;
 }
 
-static int dir_label_delete(casfs_store *s, const char *name)
+/* Removes a label file, or (dir) an empty directory of labels. */
+static int label_unlink(casfs_store *s, const char *name, bool dir)
 {
 	struct lparent lp;
 	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)
 		return rc;
-	if (unlinkat(lp.fd, lp.leaf, 0) < 0) {
+	if (unlinkat(lp.fd, lp.leaf, dir ? AT_REMOVEDIR : 0) < 0) {
 		rc = -errno;
-		if (rc == -EISDIR || rc == -EPERM)
+		if (!dir && (rc == -EISDIR || rc == -EPERM))
 			rc = casfs__err(-EISDIR, "label '%s' is a directory of labels", name);
-		else if (rc != -ENOENT)
-			casfs__errno(rc, "cannot remove label '%s'", name);
+		else if (dir && rc == -EEXIST)
+			rc = -ENOTEMPTY;
+		if (rc != -ENOENT && rc != -EISDIR && rc != -ENOTEMPTY && rc != -ENOTDIR)
+			casfs__errno(rc, "cannot remove label %s'%s'", dir ? "directory " : "", name);
 	} else {
 		rc = maybe_fsync(s, lp.fd);
 	}
 	lp_close(&lp);
 	return rc;
+}
+
+static int dir_label_delete(casfs_store *s, const char *name)
+{
+	return label_unlink(s, name, false);
 }
 
 static int dir_label_rename(casfs_store *s, const char *from, const char *to)
@@ -1238,21 +1246,7 @@ static int dir_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
 
 static int dir_label_rmdir(casfs_store *s, const char *name)
 {
-	struct lparent lp;
-	int rc = lp_open(s, name, false, &lp);
-	if (rc < 0)
-		return rc;
-	if (unlinkat(lp.fd, lp.leaf, AT_REMOVEDIR) < 0) {
-		rc = -errno;
-		if (rc == -EEXIST)
-			rc = -ENOTEMPTY;
-		if (rc != -ENOENT && rc != -ENOTEMPTY && rc != -ENOTDIR)
-			casfs__errno(rc, "cannot remove label directory '%s'", name);
-	} else {
-		rc = maybe_fsync(s, lp.fd);
-	}
-	lp_close(&lp);
-	return rc;
+	return label_unlink(s, name, true);
 }
 
 static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
