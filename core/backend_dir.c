@@ -519,6 +519,7 @@ static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
 			continue;
 		}
 		st->fd = fd;
+		st->synced = false;
 		return 0;
 	}
 	return casfs__err(-EIO, "cannot create a staging file");
@@ -669,11 +670,13 @@ static int dir_stage_sync(casfs_store *s, struct casfs_stage *const *st, size_t 
 		/* One journal commit for the whole batch. */
 		if (syncfs(st[0]->fd) < 0)
 			return casfs__errno(-errno, "syncfs");
-		return 0;
+	} else {
+		for (size_t i = 0; i < n; i++)
+			if (fdatasync(st[i]->fd) < 0)
+				return casfs__errno(-errno, "fdatasync");
 	}
 	for (size_t i = 0; i < n; i++)
-		if (fdatasync(st[i]->fd) < 0)
-			return casfs__errno(-errno, "fdatasync");
+		st[i]->synced = true;
 	return 0;
 }
 
@@ -689,6 +692,20 @@ static int dir_blob_publish(casfs_store *s, struct casfs_stage *st, const char *
 	if (fchmod(st->fd, 0444) < 0) {
 		rc = casfs__errno(-errno, "chmod staging file");
 		goto out;
+	}
+	if (!st->synced && !casfs__nosync(s)) {
+		/* Not made durable because the content looked stored already:
+		 * freshen that blob, or, if it went meanwhile (gc), sync this
+		 * copy before it takes its place. */
+		if (utimensat(dfd, hex, NULL, AT_SYMLINK_NOFOLLOW) == 0) {
+			rc = 1;
+			goto out;
+		}
+		if (fdatasync(st->fd) < 0) {
+			rc = casfs__errno(-errno, "fdatasync");
+			goto out;
+		}
+		st->synced = true;
 	}
 	for (int tries = 0; tries < 100; tries++) {
 		if (renameat2(sfd, st->name, dfd, hex, RENAME_NOREPLACE) == 0) {

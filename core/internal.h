@@ -63,6 +63,7 @@ int casfs__pwrite_all(int fd, const void *buf, size_t n, uint64_t off);
 struct casfs_stage {
 	int fd;           /* read-write local file */
 	char name[64];    /* backend's name for it */
+	bool synced;      /* made durable by stage_sync */
 };
 
 /* ---------------------------------------------------------------- backend */

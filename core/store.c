@@ -343,6 +343,7 @@ struct casfs_writer {
 	 * hashed from the staging file's page cache once the gap fills. */
 	struct { uint64_t off, len; } ahead[32];
 	unsigned nahead;
+	uint64_t written_back;       /* writeback started up to here */
 	char committed[CASFS_HEX_MAX]; /* last committed digest, "" if none */
 };
 
@@ -437,7 +438,7 @@ static int writer_restage(casfs_writer *w)
 	if (rc < 0)
 		return rc;
 	casfs__hash_reset(w->h);
-	w->size = w->hashed = 0;
+	w->size = w->hashed = w->written_back = 0;
 	w->rehash = false;
 	w->nahead = 0;
 	if (!w->committed[0])
@@ -520,6 +521,13 @@ int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off
 	}
 	if (off + n > w->size)
 		w->size = off + n;
+	/* Start writeback of what streamed in, so that the sync at commit
+	 * (close(2) through the filesystem) finds little left to do. */
+	if (!casfs__nosync(w->s) && w->size >= w->written_back + (8u << 20)) {
+		sync_file_range(w->st.fd, (off_t)w->written_back, (off_t)(w->size - w->written_back),
+				SYNC_FILE_RANGE_WRITE);
+		w->written_back = w->size;
+	}
 	return 0;
 }
 
@@ -577,6 +585,10 @@ int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 		rc = casfs__hash_final(w->h, hex);
 	if (rc < 0)
 		return rc;
+	/* Content already stored: publishing will only freshen the blob and
+	 * drop this copy, so there is nothing to make durable. */
+	if (w->s->be->blob_stat(w->s, hex, NULL, NULL) == 0)
+		return 0;
 	struct casfs_stage *one = &w->st;
 	return w->s->be->stage_sync(w->s, &one, 1);
 }
@@ -638,8 +650,8 @@ int casfs_writer_commit_many(casfs_writer **ws, size_t n, char (*hex_out)[CASFS_
 				 ? casfs__hash_fd(s->algo, w->st.fd, hex_out[i], NULL)
 				 : casfs__hash_final(w->h, hex_out[i]);
 		ret_out[i] = rc;
-		if (rc == 0)
-			stages[k++] = &w->st;
+		if (rc == 0 && s->be->blob_stat(s, hex_out[i], NULL, NULL) != 0)
+			stages[k++] = &w->st; /* new content: to be made durable */
 	}
 	int rc = s->be->stage_sync(s, stages, k);
 	for (size_t i = 0; i < n; i++) {
