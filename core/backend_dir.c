@@ -1329,7 +1329,7 @@ static int journal_open(casfs_store *s)
 		      O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
 }
 
-static int dir_journal_append(casfs_store *s, const char *line, size_t len)
+static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool sync)
 {
 	struct dir_store *ds = S(s);
 	int rc = ensure_meta(s);
@@ -1355,6 +1355,8 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len)
 			continue;
 		}
 		rc = casfs__write_all(ds->journal_fd, line, len);
+		if (rc == 0 && sync && !casfs__nosync(s) && fdatasync(ds->journal_fd) < 0)
+			rc = -errno;
 		if (rc == 0 && (uint64_t)a.st_size + len > journal_max())
 			if (renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
 				rc = -errno;

@@ -136,7 +136,8 @@ struct casfs_backend {
 	/* Immediate children of a label directory ("" = the top). */
 	int (*label_readdir)(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud);
 
-	int (*journal_append)(casfs_store *s, const char *line, size_t len);
+	/* Appends a line; sync: make it durable before returning. */
+	int (*journal_append)(casfs_store *s, const char *line, size_t len, bool sync);
 	int (*journal_read)(casfs_store *s, casfs_name_fn fn, void *ud);
 };
 

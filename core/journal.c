@@ -142,7 +142,10 @@ int casfs__journal(casfs_store *s, const struct casfs_event *ev)
 	int rc = -ENAMETOOLONG; /* cannot happen: cap covers the worst case */
 	if (!b.overflow) {
 		line[b.len++] = '\n';
-		rc = s->be->journal_append(s, line, b.len);
+		/* A label change is durable by now: so must its record be, or
+		 * a power cut could lose the old digest (SPEC §6). */
+		bool sync = ev->label && ev->result == 0;
+		rc = s->be->journal_append(s, line, b.len, sync);
 	}
 	free(line);
 	/* Leave the caller's error message as it was. */

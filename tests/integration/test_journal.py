@@ -26,3 +26,32 @@ def test_journal_rotates_and_stays_bounded(casfs, store, tmp_path):
     assert events[-1]["label"] == "l119" and events[-1]["digest"] == digests[-1]
     # Bounded: far fewer lines than the 120 operations made.
     assert len(events) < 120
+
+
+def test_label_changes_are_journaled_durably(casfs, store, tmp_path):
+    """SPEC §6: label history is never silently lost, so the journal line of
+    a label change is synced before the command returns (checked with
+    strace: there is no power cut to pull here)."""
+    import shutil
+    import subprocess
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: add it to scripts/install-deps"
+    f = tmp_path / "c"
+    f.write_bytes(b"content")
+    d = casfs.out("store", store, f)
+    log = tmp_path / "strace.log"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,fdatasync", "-o", str(log),
+                    casfs.exe, "--root", str(casfs.root), "label", store, "l", d], check=True,
+                   capture_output=True,
+                   # LeakSanitizer cannot run under ptrace; the other suites check leaks.
+                   env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    lines = log.read_text().splitlines()
+    jfd = None
+    synced = False
+    for line in lines:
+        if '"journal"' in line and "openat(" in line and "= " in line:
+            jfd = line.rsplit("= ", 1)[1].split()[0]
+        elif jfd is not None and f"fdatasync({jfd})" in line:
+            synced = True
+    assert jfd is not None, "the journal was not opened:\n" + "\n".join(lines)
+    assert synced, "the journal line of a label change was not synced:\n" + "\n".join(lines)
