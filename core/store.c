@@ -570,6 +570,21 @@ int casfs_writer_fd(const casfs_writer *w)
 	return w->st.fd;
 }
 
+/* True when the running hash covers exactly the staged bytes, in order. */
+static bool hash_is_current(const casfs_writer *w)
+{
+	return !w->rehash && w->hashed == w->size && !w->nahead;
+}
+
+/* The digest of the staged version: from the running hash, or by reading
+ * the staging file when writes came out of order. */
+static int writer_digest(casfs_writer *w, char hex[CASFS_HEX_MAX])
+{
+	if (hash_is_current(w))
+		return casfs__hash_final(w->h, hex);
+	return casfs__hash_fd(w->s->algo, w->st.fd, hex, NULL);
+}
+
 int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 {
 	if (w->st.fd < 0) {
@@ -578,11 +593,7 @@ int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 		strcpy(hex, w->committed);
 		return 1;
 	}
-	int rc;
-	if (w->rehash || w->hashed != w->size || w->nahead)
-		rc = casfs__hash_fd(w->s->algo, w->st.fd, hex, NULL);
-	else
-		rc = casfs__hash_final(w->h, hex);
+	int rc = writer_digest(w, hex);
 	if (rc < 0)
 		return rc;
 	/* Content already stored: publishing will only freshen the blob and
@@ -646,9 +657,7 @@ int casfs_writer_commit_many(casfs_writer **ws, size_t n, char (*hex_out)[CASFS_
 			ret_out[i] = casfs__writer_prepare(w, hex_out[i]);
 			continue;
 		}
-		int rc = (w->rehash || w->hashed != w->size || w->nahead)
-				 ? casfs__hash_fd(s->algo, w->st.fd, hex_out[i], NULL)
-				 : casfs__hash_final(w->h, hex_out[i]);
+		int rc = writer_digest(w, hex_out[i]);
 		ret_out[i] = rc;
 		if (rc == 0 && s->be->blob_stat(s, hex_out[i], NULL, NULL) != 0)
 			stages[k++] = &w->st; /* new content: to be made durable */
@@ -869,7 +878,7 @@ int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, vo
 			progress(w->size, ud);
 		return 0;
 	}
-	if (w->rehash || w->hashed != w->size || w->nahead) {
+	if (!hash_is_current(w)) {
 		/* Not a clean sequential stream: plain writes, hash at commit. */
 		char *buf = malloc(CHUNK);
 		if (!buf)
