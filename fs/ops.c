@@ -193,6 +193,7 @@ struct handle {
 	bool writable;
 	bool flushed;      /* closed by the program, release still to come */
 	long opener;       /* process (tgid) that opened it, -1 if unknown */
+	pid_t opener_tid;  /* the thread that opened it */
 	uid_t uid;         /* who opened it: commits at release are made as them */
 	gid_t gid;
 };
@@ -1075,7 +1076,8 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 		return -ENOMEM;
 	h->fd = -1;
 	h->writable = writable;
-	h->opener = tgid_of(fuse_req_ctx(req)->pid);
+	h->opener_tid = fuse_req_ctx(req)->pid;
+	h->opener = tgid_of(h->opener_tid);
 	h->uid = fuse_req_ctx(req)->uid;
 	h->gid = fuse_req_ctx(req)->gid;
 	int rc = 0;
@@ -1315,7 +1317,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		/* A process that only inherited the descriptor (a child of a
 		 * multithreaded writer closing it at exec or exit) does not
 		 * end the version: the opener may be writing still. */
-		long tgid = h->opener >= 0 ? tgid_of(fuse_req_ctx(req)->pid) : -1;
+		pid_t tid = fuse_req_ctx(req)->pid;
+		long tgid = h->opener >= 0 && tid != h->opener_tid ? tgid_of(tid) : -1;
 		if (tgid >= 0 && tgid != h->opener) {
 			fuse_reply_err(req, 0);
 			return;
