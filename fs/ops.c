@@ -78,6 +78,16 @@ static char *child_path(const char *parent, const char *name)
 	return p;
 }
 
+/* The label path of name inside the label directory node p; NULL if out
+ * of memory. */
+static char *child_of(struct node *p, const char *name)
+{
+	char *pn = node_name(p);
+	char *path = pn ? child_path(pn, name) : NULL;
+	free(pn);
+	return path;
+}
+
 /* The symlink target of a label at path: one "../" per level. */
 static char *link_target(const char *path, const char *hex)
 {
@@ -597,9 +607,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			rc = -ENAMETOOLONG;
 			break;
 		}
-		char *pn = node_name(p);
-		char *path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		char *path = child_of(p, name);
 		if (!path) {
 			rc = -ENOMEM;
 			break;
@@ -832,9 +840,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		if (rc == -EINVAL && strlen(name) > CASFS_ID_MAX)
 			rc = -ENAMETOOLONG;
 	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
-		char *pn = node_name(p);
-		char *path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		char *path = child_of(p, name);
 		rc = path ? casfs_label_mkdir(p->st->s, path, mode & 07777) : -ENOMEM;
 		if (rc == 0) {
 			struct node *x = node_lookup(p->kind, p->st, path);
@@ -863,9 +869,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (rc == 0)
 			fstore_mark_dead(name);
 	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
-		char *pn = node_name(p);
-		char *path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		char *path = child_of(p, name);
 		rc = path ? casfs_label_rmdir(p->st->s, path) : -ENOMEM;
 		free(path);
 	} else {
@@ -911,9 +915,7 @@ static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, co
 		/* Symlinks exist only as labels. */
 		rc = p->kind == K_IDIR || p->kind == K_DATA || p->kind == K_STORE ? -EPERM : -ENOTDIR;
 	} else {
-		char *pn = node_name(p);
-		path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		path = child_of(p, name);
 		char hex[CASFS_HEX_MAX];
 		rc = path ? parse_target(path, target, hex) : -ENOMEM;
 		if (rc == 0)
@@ -939,9 +941,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (!p) {
 		rc = -ENOENT;
 	} else if (p->kind == K_LDIR || p->kind == K_IDIR) {
-		char *pn = node_name(p);
-		char *path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		char *path = child_of(p, name);
 		char old[CASFS_HEX_MAX] = "";
 		rc = path ? casfs_label_remove(p->st->s, path, NULL, old) : -ENOMEM;
 		if (path && (rc == 0 || rc == -ENOENT)) {
@@ -977,11 +977,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	} else if (flags & RENAME_EXCHANGE) {
 		rc = -EINVAL;
 	} else {
-		char *pn = node_name(p), *qn = node_name(q);
-		from = pn ? child_path(pn, name) : NULL;
-		to = qn ? child_path(qn, newname) : NULL;
-		free(pn);
-		free(qn);
+		from = child_of(p, name);
+		to = child_of(q, newname);
 		if (!from || !to)
 			rc = -ENOMEM;
 		casfs_label_info li;
@@ -1026,14 +1023,13 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	} else {
 		/* A hard link is a second label on the same digest. */
 		char hex[CASFS_HEX_MAX];
-		char *xn = node_name(x), *qn = node_name(q);
-		to = qn ? child_path(qn, newname) : NULL;
+		char *xn = node_name(x);
+		to = child_of(q, newname);
 		if (x->kind == K_BLOB)
 			rc = xn ? (snprintf(hex, sizeof(hex), "%s", xn), 0) : -ENOMEM;
 		else
 			rc = xn ? casfs_label_get(x->st->s, xn, hex) : -ENOMEM;
 		free(xn);
-		free(qn);
 		if (rc == 0)
 			rc = to ? casfs_label_set(x->st->s, to, hex, "", NULL) : -ENOMEM;
 		if (rc == 0) {
@@ -1184,9 +1180,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (!p) {
 		rc = -ENOENT;
 	} else if (p->kind == K_IDIR) {
-		char *pn = node_name(p);
-		char *path = pn ? child_path(pn, name) : NULL;
-		free(pn);
+		char *path = child_of(p, name);
 		rc = path ? casfs_label_check(path) : -ENOMEM;
 		if (rc == -EINVAL && strlen(name) > 255)
 			rc = -ENAMETOOLONG;
