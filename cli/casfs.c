@@ -39,6 +39,10 @@ struct opts {
 	const char *hash;       /* --hash for new */
 	uint64_t grace;         /* --grace for gc */
 	bool dry_run, repair, no_verify, quiet, help;
+	/* Root options (casfs_root_open_opts): "ceph_conf=...", ... */
+	const char *root_opts[8];
+	char root_opt_buf[8][PATH_MAX + 32];
+	int nroot_opts;
 	const char **args; /* positional arguments after the verb */
 	int nargs;
 };
@@ -171,7 +175,9 @@ static void on_items(uint64_t done, uint64_t total, void *ud)
 
 static int open_root(struct opts *o, casfs_root **root, bool create)
 {
-	int rc = casfs_root_open(root, o->root, o->root_flags | (create ? CASFS_ROOT_CREATE : 0));
+	o->root_opts[o->nroot_opts] = NULL;
+	int rc = casfs_root_open_opts(root, o->root, o->root_flags | (create ? CASFS_ROOT_CREATE : 0),
+				      o->root_opts);
 	if (rc < 0)
 		return lib_fail(rc);
 	return 0;
@@ -308,7 +314,7 @@ static int v_stores(casfs_store *s, struct opts *o)
 {
 	(void)s;
 	struct stat sb;
-	if (stat(o->root, &sb) < 0 && errno == ENOENT)
+	if (strncmp(o->root, "rados:", 6) != 0 && stat(o->root, &sb) < 0 && errno == ENOENT)
 		return 0; /* no root yet: no stores */
 	casfs_root *root;
 	int rc = open_root(o, &root, false);
@@ -755,8 +761,13 @@ static void print_general_help(void)
 	printf("\nOptions:\n"
 	       "  --root ROOT   the store root (default $CASFS_ROOT, else $XDG_DATA_HOME/casfs,\n"
 	       "                else ~/.local/share/casfs)\n"
+	       "                or rados:POOL[/NAMESPACE] for a Ceph pool\n"
 	       "  --no-sync     do not fsync (a crash may lose recent writes)\n"
-	       "  --quiet       no progress display\n\n"
+	       "  --quiet       no progress display\n"
+	       "  --ceph-conf FILE, --ceph-id NAME, --ceph-timeout SECONDS,\n"
+	       "  --cache-dir DIR, --cache-size SIZE\n"
+	       "                for rados: roots (defaults: $CEPH_CONF, $CEPH_ID or admin, 30,\n"
+	       "                /var/cache/casfs or ~/.cache/casfs, 1G); see casfs(7)\n\n"
 	       "Exit status: 0 success, 1 no (exists, get-by-label, fsck found damage),\n"
 	       "2 bad usage, 3 failure.  'casfs help VERB' or 'casfs VERB --help' explains a verb.\n");
 }
@@ -808,6 +819,36 @@ static int parse_u64(const char *s, uint64_t *out)
 
 static int run(int argc, char **argv, struct opts *op);
 
+/* --ceph-conf FILE and friends: options of a rados:POOL root. */
+static const struct {
+	const char *flag, *key;
+} root_flags[] = {
+	{ "--ceph-conf", "ceph_conf" },     { "--ceph-id", "ceph_id" },
+	{ "--ceph-timeout", "ceph_timeout" }, { "--cache-dir", "cache_dir" },
+	{ "--cache-size", "cache_size" },
+};
+
+/* The root option named by flag, or NULL. */
+static const char *root_flag_key(const char *flag)
+{
+	for (size_t i = 0; i < sizeof(root_flags) / sizeof(root_flags[0]); i++)
+		if (!strcmp(flag, root_flags[i].flag))
+			return root_flags[i].key;
+	return NULL;
+}
+
+static int add_root_opt(struct opts *o, const char *key, const char *val)
+{
+	if (o->nroot_opts >= 7)
+		return usage_error("too many root options");
+	int n = snprintf(o->root_opt_buf[o->nroot_opts], sizeof(o->root_opt_buf[0]), "%s=%s", key, val);
+	if (n < 0 || (size_t)n >= sizeof(o->root_opt_buf[0]))
+		return usage_error("value of --%s too long", key);
+	o->root_opts[o->nroot_opts] = o->root_opt_buf[o->nroot_opts];
+	o->nroot_opts++;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o = { .grace = 3600 };
@@ -830,6 +871,16 @@ static int run(int argc, char **argv, struct opts *op)
 			o.root = a + 7;
 		else if (!strcmp(a, "--no-sync"))
 			o.root_flags |= CASFS_ROOT_NOSYNC;
+		else if (root_flag_key(a) && i + 1 < argc) {
+			int e = add_root_opt(&o, root_flag_key(a), argv[++i]);
+			if (e)
+				return e;
+		} else if (strchr(a, '=') && root_flag_key(strndupa(a, (size_t)(strchr(a, '=') - a)))) {
+			int e = add_root_opt(&o, root_flag_key(strndupa(a, (size_t)(strchr(a, '=') - a))),
+					     strchr(a, '=') + 1);
+			if (e)
+				return e;
+		}
 		else if (!strcmp(a, "--quiet") || !strcmp(a, "-q"))
 			o.quiet = true;
 		else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -870,7 +921,7 @@ static int run(int argc, char **argv, struct opts *op)
 		memcpy(key, a, klen);
 		key[klen] = '\0';
 		bool takes = !strcmp(key, "--expect") || !strcmp(key, "--hash") ||
-			     !strcmp(key, "--grace") || !strcmp(key, "--root");
+			     !strcmp(key, "--grace") || !strcmp(key, "--root") || root_flag_key(key);
 		if (takes) {
 			if (eq)
 				val = eq + 1;
@@ -901,6 +952,10 @@ static int run(int argc, char **argv, struct opts *op)
 			o.no_verify = true;
 		} else if (!strcmp(key, "--root")) {
 			o.root = val;
+		} else if (root_flag_key(key)) {
+			int e = add_root_opt(&o, root_flag_key(key), val);
+			if (e)
+				return e;
 		} else if (!strcmp(key, "--quiet")) {
 			o.quiet = true;
 		} else {

@@ -897,8 +897,9 @@ static int dir_blob_quarantine(casfs_store *s, const char *name)
 
 /* -------------------------------------------------------------------- lock */
 
-static int dir_lock(casfs_store *s, int *token)
+static int dir_lock(casfs_store *s, bool exclusive, int *token)
 {
+	(void)exclusive; /* one flock: label changes also exclude each other */
 	int rc = ensure_meta(s);
 	if (rc < 0)
 		return rc;
@@ -1021,8 +1022,9 @@ static int dir_label_read(casfs_store *s, const char *name, char *buf, size_t si
 	return rc;
 }
 
-static int dir_label_write(casfs_store *s, const char *name, const char *hex)
+static int dir_label_write(casfs_store *s, const char *name, const char *hex, const char *cur)
 {
+	(void)cur; /* the exclusive lock keeps it */
 	struct casfs_stage st = { .fd = -1 };
 	int rc = dir_stage_create(s, &st);
 	if (rc < 0)
@@ -1082,8 +1084,9 @@ static int label_unlink(casfs_store *s, const char *name, bool dir)
 	return rc;
 }
 
-static int dir_label_delete(casfs_store *s, const char *name)
+static int dir_label_delete(casfs_store *s, const char *name, const char *cur)
 {
+	(void)cur;
 	return label_unlink(s, name, false);
 }
 

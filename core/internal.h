@@ -100,6 +100,11 @@ struct casfs_backend {
 	int (*blob_stat)(casfs_store *s, const char *hex, uint64_t *size,
 			 int64_t *mtime_ns);
 	int (*blob_open)(casfs_store *s, const char *hex, int *fd);
+	/* Optional: a local file holding part of the blob, fetching only
+	 * that part: fd holds bytes [*start, *start + *len) at offset 0,
+	 * with *start <= off < *start + *len.  NULL: blob_open is local. */
+	int (*blob_open_at)(casfs_store *s, const char *hex, uint64_t off, int *fd,
+			    uint64_t *start, uint64_t *len);
 	/* Lists the regular files in the blob area, valid names or not; with
 	 * all, every entry (for fsck to report strays). */
 	int (*blob_list)(casfs_store *s, bool all, casfs_name_fn fn, void *ud);
@@ -110,18 +115,25 @@ struct casfs_backend {
 	/* Moves a blob (or any name in the blob area) aside. */
 	int (*blob_quarantine)(casfs_store *s, const char *name);
 
-	/* The store's writer lock, across threads and processes: label
-	 * changes and gc hold it. */
-	int (*lock)(casfs_store *s, int *token);
+	/* The store's writer lock, across threads and processes (and, for a
+	 * shared backend, machines).  Label changes take it shared (they
+	 * exclude each other by guarded writes, see label_write), gc and
+	 * store removal exclusive.  A backend may make shared exclusive. */
+	int (*lock)(casfs_store *s, bool exclusive, int *token);
 	void (*unlock)(casfs_store *s, int token);
 
 	/* Raw label content (up to size bytes, NUL-terminated); -ENOENT if
 	 * absent, -EFBIG if larger than size - 1. */
 	int (*label_read)(casfs_store *s, const char *name, char *buf,
 			  size_t size, size_t *len);
-	/* Atomically replaces or creates a label; caller holds the lock. */
-	int (*label_write)(casfs_store *s, const char *name, const char *hex);
-	int (*label_delete)(casfs_store *s, const char *name);
+	/* Atomically replaces or creates a label; caller holds the lock.
+	 * cur is the digest the caller saw ("" for none): if the label no
+	 * longer holds it, nothing changes and the result is -EAGAIN (the
+	 * caller reads again).  The directory backend's exclusive lock makes
+	 * that impossible; a shared backend guards the write itself. */
+	int (*label_write)(casfs_store *s, const char *name, const char *hex, const char *cur);
+	int (*label_delete)(casfs_store *s, const char *name, const char *cur);
+	/* Renames a label or a whole directory of labels as one step. */
 	int (*label_rename)(casfs_store *s, const char *from, const char *to);
 	/* Every label file, empty ones included. */
 	int (*label_list)(casfs_store *s, casfs_name_fn fn, void *ud);
@@ -142,13 +154,27 @@ struct casfs_backend {
 };
 
 extern const struct casfs_backend casfs__backend_dir;
+extern const struct casfs_backend casfs__backend_rados;
+
+/* Root options ("key=value", see casfs_root_open_opts); a backend takes
+ * the ones it knows and clears them, anything left is an error. */
+struct casfs_root_opt {
+	const char *key;
+	const char *value;
+	bool used;
+};
 
 struct casfs_root {
 	const struct casfs_backend *be;
 	unsigned flags;
 	char *spec;
+	struct casfs_root_opt *opts;
+	size_t nopts;
 	void *b;
 };
+
+/* The value of root option key (marked used), or NULL. */
+const char *casfs__root_opt(casfs_root *r, const char *key);
 
 struct casfs_store {
 	casfs_root *root;

@@ -94,6 +94,15 @@ static int current(casfs_store *s, const char *name, char cur[CASFS_HEX_MAX])
 	return rc;
 }
 
+/* How often a guarded label change is retried when others keep changing
+ * the label between our read and our write. */
+#define GUARD_TRIES 1000
+
+static int contended(const char *name)
+{
+	return casfs__err(-EBUSY, "label '%s' keeps changing under us: gave up", name);
+}
+
 /* The locked part of a set: blob present, expectation met, write. */
 static int set_locked(casfs_store *s, const char *name, const char *hex, const char *expect,
 		      char cur[CASFS_HEX_MAX])
@@ -103,13 +112,19 @@ static int set_locked(casfs_store *s, const char *name, const char *hex, const c
 		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
 	if (rc < 0)
 		return rc;
-	if ((rc = current(s, name, cur)) < 0)
-		return rc;
-	if ((rc = check_expect(name, cur, expect)) < 0)
-		return rc;
-	if (strcmp(cur, hex) == 0)
-		return 0; /* already there */
-	return s->be->label_write(s, name, hex);
+	for (int tries = 0; tries < GUARD_TRIES; tries++) {
+		if ((rc = current(s, name, cur)) < 0)
+			return rc;
+		if ((rc = check_expect(name, cur, expect)) < 0)
+			return rc;
+		if (strcmp(cur, hex) == 0)
+			return 0; /* already there */
+		/* -EAGAIN: changed by someone else since we read it (only on
+		 * a backend shared by machines): decide again. */
+		if ((rc = s->be->label_write(s, name, hex, cur)) != -EAGAIN)
+			return rc;
+	}
+	return contended(name);
 }
 
 int casfs_label_set(casfs_store *s, const char *name, const char *hex, const char *expect,
@@ -124,7 +139,7 @@ int casfs_label_set(casfs_store *s, const char *name, const char *hex, const cha
 	if (rc < 0)
 		return casfs__journal_ret(s, "label", name, hex, NULL, rc);
 	int token;
-	if ((rc = s->be->lock(s, &token)) == 0) {
+	if ((rc = s->be->lock(s, false, &token)) == 0) {
 		rc = set_locked(s, name, hex, expect, cur);
 		s->be->unlock(s, token);
 	}
@@ -143,20 +158,31 @@ int casfs_label_remove(casfs_store *s, const char *name, const char *expect,
 	if (rc < 0)
 		return casfs__journal_ret(s, "remove-label", name, NULL, NULL, rc);
 	int token;
-	if ((rc = s->be->lock(s, &token)) == 0) {
-		rc = current(s, name, cur);
-		if (rc == 0)
-			rc = check_expect(name, cur, expect ? expect : CASFS_LABEL_EXISTS);
-		if (rc == 0) {
-			rc = s->be->label_delete(s, name);
-			if (rc == -ENOENT)
-				rc = casfs__err(-ENOENT, "no label '%s'", name);
-		} else if (rc == -ENOENT && !cur[0]) {
-			/* An empty label file is no label, but remove it too. */
-			if (s->be->label_delete(s, name) == 0)
-				rc = 0;
-			else
-				casfs__err(-ENOENT, "no label '%s' in store '%s'", name, s->id);
+	if ((rc = s->be->lock(s, false, &token)) == 0) {
+		for (int tries = 0;; tries++) {
+			if (tries == GUARD_TRIES) {
+				rc = contended(name);
+				break;
+			}
+			rc = current(s, name, cur);
+			if (rc == 0)
+				rc = check_expect(name, cur, expect ? expect : CASFS_LABEL_EXISTS);
+			if (rc == 0) {
+				rc = s->be->label_delete(s, name, cur);
+				if (rc == -ENOENT)
+					rc = casfs__err(-ENOENT, "no label '%s'", name);
+			} else if (rc == -ENOENT && !cur[0]) {
+				/* An empty label file is no label, but remove it too. */
+				int d = s->be->label_delete(s, name, "");
+				if (d == 0)
+					rc = 0;
+				else if (d != -EAGAIN)
+					casfs__err(-ENOENT, "no label '%s' in store '%s'", name, s->id);
+				else
+					rc = d;
+			}
+			if (rc != -EAGAIN)
+				break;
 		}
 		s->be->unlock(s, token);
 	}
@@ -172,7 +198,7 @@ int casfs_label_rename(casfs_store *s, const char *from, const char *to)
 	if (rc == 0)
 		rc = casfs_label_check(to);
 	int token;
-	if (rc == 0 && (rc = s->be->lock(s, &token)) == 0) {
+	if (rc == 0 && (rc = s->be->lock(s, false, &token)) == 0) {
 		rc = label_read(s, from, hex);
 		bool is_dir = rc == -EISDIR; /* a directory of labels moves whole */
 		if (is_dir)
@@ -225,7 +251,7 @@ static int label_commit_prepared(casfs_store *s, const char *name, casfs_writer 
 				 const char *hex, const char *expect, char cur[CASFS_HEX_MAX])
 {
 	int token;
-	int rc = s->be->lock(s, &token);
+	int rc = s->be->lock(s, false, &token);
 	if (rc < 0)
 		return rc;
 	/* A failed expectation publishes nothing: bad input changes nothing. */
@@ -318,7 +344,7 @@ int casfs_label_setattr(casfs_store *s, const char *name, const uint32_t *mode,
 	if (!name[0])
 		return casfs__err(-EPERM, "the top label directory has fixed attributes");
 	int token;
-	if ((rc = s->be->lock(s, &token)) < 0)
+	if ((rc = s->be->lock(s, false, &token)) < 0)
 		return rc;
 	rc = s->be->label_setattr(s, name, mode, mtime_ns);
 	s->be->unlock(s, token);
@@ -332,7 +358,7 @@ static int label_dir_change(casfs_store *s, const char *name, bool make, uint32_
 	if (rc < 0)
 		return rc;
 	int token;
-	if ((rc = s->be->lock(s, &token)) < 0)
+	if ((rc = s->be->lock(s, false, &token)) < 0)
 		return rc;
 	rc = make ? s->be->label_mkdir(s, name, mode) : s->be->label_rmdir(s, name);
 	s->be->unlock(s, token);

@@ -98,7 +98,7 @@ int casfs_gc(casfs_store *s, const casfs_gc_opts *opts, casfs_gc_result *res)
 	casfs_gc_result r = { 0 };
 	struct label_walk lw = { .s = s };
 	struct hexvec blobs = { 0 };
-	int token, rc = s->be->lock(s, &token);
+	int token, rc = s->be->lock(s, true, &token);
 	if (rc < 0)
 		return rc;
 	int64_t cutoff = casfs__now_ns() - (int64_t)o.grace_seconds * 1000000000LL;
@@ -255,7 +255,7 @@ static int fsck_label(const char *name, void *ud)
 	int fixed = 0;
 	if (c->o->repair) {
 		int token;
-		if (s->be->lock(s, &token) == 0) {
+		if (s->be->lock(s, true, &token) == 0) {
 			/* Re-check under the lock: a writer may have fixed it. */
 			char again[CASFS_HEX_MAX];
 			int now = casfs_label_get(s, name, again);

@@ -20,6 +20,55 @@
 
 int casfs_root_open(casfs_root **out, const char *path, unsigned flags)
 {
+	return casfs_root_open_opts(out, path, flags, NULL);
+}
+
+static void root_free_opts(casfs_root *r)
+{
+	for (size_t i = 0; i < r->nopts; i++)
+		free((char *)r->opts[i].key); /* value points into the same block */
+	free(r->opts);
+}
+
+static int root_parse_opts(casfs_root *r, const char *const *opts)
+{
+	size_t n = 0;
+	while (opts && opts[n])
+		n++;
+	if (n == 0)
+		return 0;
+	if (!(r->opts = calloc(n, sizeof(*r->opts))))
+		return casfs__err(-ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		char *kv = strdup(opts[i]);
+		if (!kv)
+			return casfs__err(-ENOMEM, "out of memory");
+		char *eq = strchr(kv, '=');
+		r->opts[r->nopts++] = (struct casfs_root_opt){ .key = kv, .value = eq ? eq + 1 : "" };
+		if (!eq || eq == kv) {
+			int rc = casfs__err(-EINVAL, "root option '%s' is not key=value", opts[i]);
+			return rc;
+		}
+		*eq = '\0';
+	}
+	return 0;
+}
+
+const char *casfs__root_opt(casfs_root *r, const char *key)
+{
+	const char *v = NULL;
+	for (size_t i = 0; i < r->nopts; i++) {
+		if (strcmp(r->opts[i].key, key) == 0) {
+			r->opts[i].used = true;
+			v = r->opts[i].value; /* the last one given wins */
+		}
+	}
+	return v;
+}
+
+int casfs_root_open_opts(casfs_root **out, const char *path, unsigned flags,
+			 const char *const *opts)
+{
 	*out = NULL;
 	if (!path || !*path)
 		return casfs__err(-EINVAL, "no root directory given");
@@ -29,9 +78,19 @@ int casfs_root_open(casfs_root **out, const char *path, unsigned flags)
 		return casfs__err(-ENOMEM, "out of memory");
 	}
 	r->flags = flags;
-	r->be = &casfs__backend_dir;
-	int rc = r->be->root_open(r, path);
+	r->be = strncmp(path, "rados:", 6) == 0 ? &casfs__backend_rados : &casfs__backend_dir;
+	int rc = root_parse_opts(r, opts);
+	if (rc == 0)
+		rc = r->be->root_open(r, path);
+	for (size_t i = 0; rc == 0 && i < r->nopts; i++) {
+		if (!r->opts[i].used) {
+			rc = casfs__err(-EINVAL, "option '%s' does not apply to %s roots", r->opts[i].key,
+					r->be->name);
+			r->be->root_close(r);
+		}
+	}
 	if (rc < 0) {
+		root_free_opts(r);
 		free(r->spec);
 		free(r);
 		return rc;
@@ -40,11 +99,17 @@ int casfs_root_open(casfs_root **out, const char *path, unsigned flags)
 	return 0;
 }
 
+const char *casfs_root_backend(const casfs_root *root)
+{
+	return root->be->name;
+}
+
 void casfs_root_free(casfs_root *root)
 {
 	if (!root)
 		return;
 	root->be->root_close(root);
+	root_free_opts(root);
 	free(root->spec);
 	free(root);
 }
@@ -106,7 +171,7 @@ int casfs_store_remove(casfs_root *root, const char *id)
 	if (rc < 0)
 		return rc;
 	int token;
-	if ((rc = s->be->lock(s, &token)) < 0)
+	if ((rc = s->be->lock(s, true, &token)) < 0)
 		goto out;
 	int blobs = s->be->blob_list(s, true, stop_at_first, NULL);
 	int labels = blobs ? 0 : s->be->label_list(s, stop_at_first_label, s);
@@ -230,6 +295,31 @@ int casfs_blob_open(casfs_store *s, const char *hex, int *fd)
 	if (rc < 0)
 		return rc;
 	return s->be->blob_open(s, hex, fd);
+}
+
+int casfs_blob_open_at(casfs_store *s, const char *hex, uint64_t off, int *fd, uint64_t *start,
+		       uint64_t *len)
+{
+	int rc = casfs_digest_check(s->algo, hex);
+	if (rc < 0)
+		return rc;
+	if (s->be->blob_open_at)
+		return s->be->blob_open_at(s, hex, off, fd, start, len);
+	if ((rc = s->be->blob_open(s, hex, fd)) < 0)
+		return rc;
+	struct stat sb;
+	if (fstat(*fd, &sb) < 0) {
+		rc = casfs__errno(-errno, "cannot stat blob %s", hex);
+		close(*fd);
+		return rc;
+	}
+	if (off >= (uint64_t)sb.st_size) {
+		close(*fd);
+		return -ENXIO;
+	}
+	*start = 0;
+	*len = (uint64_t)sb.st_size;
+	return 0;
 }
 
 int casfs_blob_verify(casfs_store *s, const char *hex, int fd)

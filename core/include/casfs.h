@@ -87,8 +87,20 @@ enum {
 	CASFS_ROOT_NOSYNC = 1 << 1,
 };
 
-/* Opens the root at path (a local directory). */
+/* Opens the root at path: a local directory, or "rados:POOL" /
+ * "rados:POOL/NAMESPACE" for a Ceph RADOS pool (see casfs(7)). */
 int casfs_root_open(casfs_root **out, const char *path, unsigned flags);
+/* Same, with options: a NULL-terminated array of "key=value" strings.
+ * For rados roots: ceph_conf (default $CEPH_CONF, then Ceph's own search),
+ * ceph_id (client name without "client.", default $CEPH_ID or "admin"),
+ * ceph_timeout (seconds an operation waits for the cluster, default 30),
+ * cache_dir (local cache of blob chunks and staging files) and cache_size
+ * (its bound in bytes, with K/M/G suffixes).  An option the backend does
+ * not take is an error (-EINVAL). */
+int casfs_root_open_opts(casfs_root **out, const char *path, unsigned flags,
+			 const char *const *opts);
+/* "dir" or "rados". */
+const char *casfs_root_backend(const casfs_root *root);
 void casfs_root_free(casfs_root *root);
 
 /* Creates a store.  id NULL or "" makes a fresh UUID.  The id actually used is
@@ -148,6 +160,13 @@ int casfs_blob_size(casfs_store *store, const char *hex, uint64_t *size);
 int casfs_blob_stat(casfs_store *store, const char *hex, uint64_t *size, int64_t *mtime_ns);
 /* Opens a stored blob for reading; the caller owns and closes *fd. */
 int casfs_blob_open(casfs_store *store, const char *hex, int *fd);
+/* A local file holding the part of the blob around off, fetching only that
+ * part from a remote backend (a whole local blob otherwise): on success fd
+ * (close it) holds the blob's bytes [*start, *start + *len) from its offset
+ * 0, with *start <= off < *start + *len.  -ENXIO if off is at or past the
+ * end. */
+int casfs_blob_open_at(casfs_store *store, const char *hex, uint64_t off, int *fd,
+		       uint64_t *start, uint64_t *len);
 /* Hashes the blob open on fd (from casfs_blob_open): 0 if it matches hex,
  * -EIO if it does not. */
 int casfs_blob_verify(casfs_store *store, const char *hex, int fd);
