@@ -407,6 +407,11 @@ fail:
 	return rc;
 }
 
+static const char *rados_root_local_dir(const casfs_root *r)
+{
+	return ((const struct rroot *)r->b)->cache_dir;
+}
+
 static void rados_root_close(casfs_root *r)
 {
 	struct rroot *rr = R(r);
@@ -1685,7 +1690,13 @@ static int rados_label_stat(casfs_store *s, const char *name, casfs_label_info *
 		lval_parse(n.dval, &l);
 		fill_info(out, &l, true);
 	} else if (n.children) {
-		fill_info(out, &l, true); /* implicit: made by a label under it */
+		/* Implicit (made by a label under it): the times of the last
+		 * label change. */
+		uint64_t size;
+		time_t mt;
+		if (rados_stat(S(s)->io, LOCK_OBJ, &size, &mt) == 0)
+			l.mtime = l.ctime = (int64_t)mt * 1000000000LL;
+		fill_info(out, &l, true);
 	} else {
 		rc = -ENOENT;
 	}
@@ -1974,6 +1985,7 @@ const struct casfs_backend casfs__backend_rados = {
 	.name = "rados",
 	.root_open = rados_root_open,
 	.root_close = rados_root_close,
+	.root_local_dir = rados_root_local_dir,
 	.store_create = rados_store_create,
 	.store_remove = rados_store_remove,
 	.store_list = rados_store_list,

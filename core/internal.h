@@ -72,6 +72,8 @@ struct casfs_backend {
 	const char *name;
 
 	int (*root_open)(casfs_root *r, const char *spec);
+	/* NULL for a local root (the spec is its directory). */
+	const char *(*root_local_dir)(const casfs_root *r);
 	void (*root_close)(casfs_root *r);
 	int (*store_create)(casfs_root *r, const char *id, casfs_algo algo);
 	int (*store_remove)(casfs_root *r, const char *id);

@@ -104,6 +104,11 @@ const char *casfs_root_backend(const casfs_root *root)
 	return root->be->name;
 }
 
+const char *casfs_root_local_dir(const casfs_root *root)
+{
+	return root->be->root_local_dir ? root->be->root_local_dir(root) : root->spec;
+}
+
 void casfs_root_free(casfs_root *root)
 {
 	if (!root)

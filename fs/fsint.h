@@ -76,6 +76,7 @@ struct fs_config {
 	char *root_path;
 	casfs_algo new_algo;   /* for mkdir of a store */
 	bool read_only;
+	bool remote;           /* a rados: root (root_path is its cache) */
 	bool sync;
 	bool foreground;
 	bool debug;

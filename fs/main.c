@@ -48,6 +48,8 @@ static int usage(const char *msg)
 		"  -d   debug: print every request (implies -f)\n"
 		"  -s   single-threaded\n"
 		"  -o   ro, rw, allow_other, default_permissions, sync, hash=sha256|sha1,\n"
+		"       for ROOT rados:POOL[/NAMESPACE]: ceph_conf=FILE, ceph_id=NAME,\n"
+		"       ceph_timeout=SECONDS, cache_dir=DIR, cache_size=SIZE,\n"
 		"       and the generic mount options (nosuid, nodev, noexec, noatime, ...)\n");
 	return 2;
 }
@@ -63,13 +65,28 @@ static int add_opt(char **list, const char *opt)
 	return 0;
 }
 
+/* Options of a rados: root, handed to casfs_root_open_opts. */
+static const char *const root_opt_names[] = {
+	"ceph_conf=", "ceph_id=", "ceph_timeout=", "cache_dir=", "cache_size=",
+};
+static char *root_opts[16];
+static int nroot_opts;
+
 /* Options of ours; everything else goes to libfuse and the kernel. */
 static int take_opts(char *opts, char **pass)
 {
 	for (char *save = NULL, *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
 		if (!*o)
 			continue;
-		if (!strncmp(o, "hash=", 5)) {
+		bool root_opt = false;
+		for (size_t i = 0; i < sizeof(root_opt_names) / sizeof(root_opt_names[0]); i++)
+			root_opt |= !strncmp(o, root_opt_names[i], strlen(root_opt_names[i]));
+		if (root_opt) {
+			if (nroot_opts >= 15)
+				return usage("too many -o options");
+			if (!(root_opts[nroot_opts++] = strdup(o)))
+				return usage("out of memory");
+		} else if (!strncmp(o, "hash=", 5)) {
 			if (casfs_algo_parse(&fs.new_algo, o + 5) < 0)
 				return usage("-o hash= takes sha256 or sha1");
 		} else if (!strcmp(o, "sync")) {
@@ -148,7 +165,10 @@ int casfs_fs_main(int argc, char **argv)
 
 	char root_abs[PATH_MAX], mnt_abs[PATH_MAX];
 	struct stat sb;
-	if (!realpath(root_arg, root_abs) || stat(root_abs, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+	bool remote = !strncmp(root_arg, "rados:", 6);
+	if (remote) {
+		snprintf(root_abs, sizeof(root_abs), "%s", root_arg);
+	} else if (!realpath(root_arg, root_abs) || stat(root_abs, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
 		fprintf(stderr, "casfs: root %s is not a directory: %s\n", root_arg,
 			errno ? strerror(errno) : "not a directory");
 		free(pass);
@@ -160,10 +180,20 @@ int casfs_fs_main(int argc, char **argv)
 		return 1;
 	}
 	fs.root_path = root_abs;
-	if ((rc = casfs_root_open(&fs.root, root_abs, 0)) < 0) {
+	fs.remote = remote;
+	root_opts[nroot_opts] = NULL;
+	if ((rc = casfs_root_open_opts(&fs.root, root_abs, 0, (const char *const *)root_opts)) < 0) {
 		fprintf(stderr, "casfs: %s\n", casfs_error_last());
 		free(pass);
 		return 1;
+	}
+	if (remote)
+		fs.root_path = (char *)casfs_root_local_dir(fs.root);
+	if (remote && !fs.foreground) {
+		/* librados cannot cross fork(): checked, closed, opened again
+		 * in the daemon. */
+		casfs_root_free(fs.root);
+		fs.root = NULL;
 	}
 
 	/* fsname shows the root as the source in /proc/self/mountinfo, and
@@ -211,6 +241,12 @@ int casfs_fs_main(int argc, char **argv)
 	}
 	if (fuse_daemonize(fs.foreground) != 0)
 		goto out_unmount;
+	if (!fs.root && casfs_root_open_opts(&fs.root, root_abs, 0, (const char *const *)root_opts) < 0) {
+		fs_log(LOG_ERR, "cannot open %s: %s", root_abs, casfs_error_last());
+		goto out_unmount;
+	}
+	if (remote)
+		fs.root_path = (char *)casfs_root_local_dir(fs.root);
 	/* Staging debris of writers that died (a killed daemon, a killed
 	 * command) goes before anything is served. */
 	casfs_store_list(fs.root, open_store_at_start, NULL);
@@ -234,6 +270,8 @@ out_root:
 	fs_ops_teardown();
 	fstore_close_all();
 	casfs_root_free(fs.root);
+	for (int i = 0; i < nroot_opts; i++)
+		free(root_opts[i]);
 	free(pass);
 	if (!fs.foreground)
 		closelog();

@@ -318,7 +318,7 @@ int fstore_get(const char *id, struct fstore **out)
 	gid_t saved_gid;
 	fs_identity_current(&saved_uid, &saved_gid);
 	snprintf(path, sizeof(path), "%s/%s", fs.root_path, id);
-	if (lstat(path, &sb) == 0) {
+	if (!fs.remote && lstat(path, &sb) == 0) {
 		st->uid = sb.st_uid;
 		st->gid = sb.st_gid;
 		st->mode = sb.st_mode & 07777;

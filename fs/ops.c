@@ -199,7 +199,12 @@ static void untrack(struct tracked *t)
 struct handle {
 	struct tracked link; /* first: the list holds handles by it */
 	struct version *v; /* NULL: a plain read of a blob or committed label */
-	int fd;            /* for plain reads */
+	int fd;            /* for plain reads: holds blob bytes [start, start + len) */
+	uint64_t start, len;
+	uint64_t size;     /* the blob's */
+	struct fstore *st; /* for plain reads of a remote blob: the chunk */
+	char hex[CASFS_HEX_MAX]; /* in fd is changed under mu */
+	pthread_mutex_t mu;
 	bool writable;
 	bool flushed;      /* closed by the program, release still to come */
 	long opener;       /* process (tgid) that opened it, -1 if unknown */
@@ -420,8 +425,8 @@ static int node_stat(struct node *x, struct stat *st, double *timeout)
 	switch (x->kind) {
 	case K_ROOT: {
 		/* The root's owner and mode decide who may add stores. */
-		struct stat rs;
-		if (stat(fs.root_path, &rs) < 0)
+		struct stat rs = { .st_mode = 0755, .st_uid = fs.uid, .st_gid = fs.gid };
+		if (!fs.remote && stat(fs.root_path, &rs) < 0)
 			return -errno;
 		fill_dir(st, x->ino, rs.st_mode & (fs.read_only ? 07555 : 07777));
 		st->st_uid = rs.st_uid;
@@ -1050,16 +1055,75 @@ static int open_plain(struct fstore *st, const char *hex, struct fuse_file_info 
 	struct handle *h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
-	int rc = casfs_blob_open(st->s, hex, &h->fd);
-	if (rc == 0 && (rc = fstore_check_blob(st, hex, h->fd)) < 0)
-		close(h->fd);
+	h->fd = -1;
+	/* A local blob comes whole; a remote one a chunk at a time (only
+	 * what is read is fetched). */
+	int rc = casfs_blob_size(st->s, hex, &h->size);
+	if (rc == 0 && h->size > 0) {
+		rc = casfs_blob_open_at(st->s, hex, 0, &h->fd, &h->start, &h->len);
+		if (rc == 0 && h->start + h->len == h->size && (rc = fstore_check_blob(st, hex, h->fd)) < 0)
+			close(h->fd);
+	}
 	if (rc < 0) {
 		free(h);
 		return rc;
 	}
+	h->st = st;
+	fstore_ref(st);
+	strcpy(h->hex, hex);
+	pthread_mutex_init(&h->mu, NULL);
 	track(&live_files, &h->link);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
+}
+
+/* Reads [off, off + size) of a blob that is not local as a whole, moving
+ * the handle's fd from chunk to chunk. */
+static void read_chunked(fuse_req_t req, struct handle *h, size_t size, off_t off)
+{
+	if ((uint64_t)off >= h->size) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > h->size - (uint64_t)off)
+		size = (size_t)(h->size - (uint64_t)off);
+	char *buf = malloc(size ? size : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t done = 0;
+	int rc = 0;
+	pthread_mutex_lock(&h->mu);
+	while (done < size) {
+		uint64_t at = (uint64_t)off + done;
+		if (h->fd < 0 || at < h->start || at >= h->start + h->len) {
+			int fd;
+			uint64_t start, len;
+			if ((rc = casfs_blob_open_at(h->st->s, h->hex, at, &fd, &start, &len)) < 0)
+				break;
+			if (h->fd >= 0)
+				close(h->fd);
+			h->fd = fd;
+			h->start = start;
+			h->len = len;
+		}
+		size_t want = size - done;
+		if (want > h->start + h->len - at)
+			want = (size_t)(h->start + h->len - at);
+		ssize_t n = pread(h->fd, buf + done, want, (off_t)(at - h->start));
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO;
+			break;
+		}
+		done += (size_t)n;
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (rc < 0)
+		fuse_reply_err(req, rc == -ENXIO ? EIO : -rc);
+	else
+		fuse_reply_buf(req, buf, done);
+	free(buf);
 }
 
 /* Opens incoming/<name> for writing (or reading while others write). */
@@ -1231,8 +1295,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].pos = off;
 	if (!h->v) {
-		if (h->fd < 0) {
-			fuse_reply_buf(req, NULL, 0); /* created, not yet committed */
+		if (h->fd < 0 && !h->size) {
+			fuse_reply_buf(req, NULL, 0); /* empty, or created and not yet committed */
+			return;
+		}
+		if (h->start != 0 || h->start + h->len != h->size) {
+			read_chunked(req, h, size, off);
 			return;
 		}
 		bv.buf[0].fd = h->fd;
@@ -1402,8 +1470,13 @@ static void handle_close(struct handle *h, bool commit)
 		pthread_mutex_unlock(&cur_mu);
 		if (last)
 			version_put(v);
-	} else if (h->fd >= 0) {
-		close(h->fd);
+	} else {
+		if (h->fd >= 0)
+			close(h->fd);
+		if (h->st) {
+			pthread_mutex_destroy(&h->mu);
+			fstore_unref(h->st);
+		}
 	}
 	free(h);
 }

@@ -101,6 +101,10 @@ int casfs_root_open_opts(casfs_root **out, const char *path, unsigned flags,
 			 const char *const *opts);
 /* "dir" or "rados". */
 const char *casfs_root_backend(const casfs_root *root);
+/* A local directory that stands for the root: the root itself, or for a
+ * remote root its cache directory (where writes are staged, so its free
+ * space bounds them). */
+const char *casfs_root_local_dir(const casfs_root *root);
 void casfs_root_free(casfs_root *root);
 
 /* Creates a store.  id NULL or "" makes a fresh UUID.  The id actually used is
