@@ -79,6 +79,7 @@ struct rstore {
 	pthread_mutex_t mu;
 	unsigned jseg;
 	unsigned appends;
+	int64_t lease_until;     /* while we hold the gc lock */
 	/* cookies of the locks held, indexed by token */
 	char (*cookies)[40];
 	bool *busy;
@@ -451,6 +452,7 @@ static int rados_store_create(casfs_root *r, const char *id, casfs_algo algo)
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
 	rados_write_op_setxattr(op, "casfs.algo", an, strlen(an));
+	rados_write_op_setxattr(op, "casfs.gc", "", 0);
 	rc = rados_write_op_operate(op, io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
 	rados_ioctx_destroy(io);
@@ -1078,8 +1080,11 @@ static int rados_blob_list(casfs_store *s, bool all, casfs_name_fn fn, void *ud)
 	return list_blob_objects(s, "b.", fn, ud);
 }
 
+static void lease_renew(casfs_store *s);
+
 static int rados_blob_delete(casfs_store *s, const char *hex, int64_t cutoff_ns, uint64_t *size)
 {
+	lease_renew(s);
 	struct head h;
 	int rc = head_read(s, hex, &h);
 	if (rc < 0)
@@ -1148,9 +1153,69 @@ static int rados_blob_quarantine(casfs_store *s, const char *name)
 
 /* ---------------------------------------------------------------- locks */
 
+/*
+ * gc against labellers on other machines.  gc holds a RADOS lock (so two
+ * gcs, or gc and fsck --repair, exclude each other) and, while it holds it,
+ * sets casfs.gc on the label object to the end of its lease.  Every label
+ * change is one write guarded by "casfs.gc is empty": it lands either
+ * before gc sets the flag (and gc's listing, made after, sees it) or after
+ * gc is done; never in between, when gc may be deleting a blob no label
+ * named when it listed them.  A label change therefore needs no lock round
+ * trip of its own.  A crashed gc's flag is cleared by the first labeller
+ * that finds its lease over.
+ */
+static int gc_flag_set(casfs_store *s, int64_t until)
+{
+	char v[24] = "";
+	if (until)
+		snprintf(v, sizeof(v), "%020lld", (long long)until);
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_assert_exists(op); /* not after the store was removed */
+	rados_write_op_setxattr(op, "casfs.gc", v, strlen(v));
+	int rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+	rados_release_write_op(op);
+	return rc;
+}
+
+static void gc_guard(rados_write_op_t op)
+{
+	rados_write_op_cmpxattr(op, "casfs.gc", LIBRADOS_CMPXATTR_OP_EQ, "", 0);
+}
+
+/* After a guarded label write was cancelled: 1 if gc was in the way (we
+ * waited a little, or cleared a dead gc's flag: try again), else 0. */
+static int gc_wait(casfs_store *s)
+{
+	char v[32];
+	int n = rados_getxattr(S(s)->io, LOCK_OBJ, "casfs.gc", v, sizeof(v) - 1);
+	if (n == -ENODATA) {
+		/* A label object without the flag (made by hand): add it. */
+		gc_flag_set(s, 0);
+		return 1;
+	}
+	if (n <= 0)
+		return 0;
+	v[n] = '\0';
+	if (strtoll(v, NULL, 10) < casfs__now_ns()) {
+		/* Its gc died: clear the flag, unless another gc set it anew. */
+		rados_write_op_t op = rados_create_write_op();
+		rados_write_op_cmpxattr(op, "casfs.gc", LIBRADOS_CMPXATTR_OP_EQ, v, (size_t)n);
+		rados_write_op_setxattr(op, "casfs.gc", "", 0);
+		rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+		rados_release_write_op(op);
+		return 1;
+	}
+	usleep(20000);
+	return 1;
+}
+
 static int rados_store_lock(casfs_store *s, bool exclusive, int *token)
 {
 	struct rstore *rs = S(s);
+	if (!exclusive) {
+		*token = -1; /* label changes are guarded by the gc flag instead */
+		return 0;
+	}
 	pthread_mutex_lock(&rs->mu);
 	size_t slot = 0;
 	while (slot < rs->ncookies && rs->busy[slot])
@@ -1180,24 +1245,48 @@ static int rados_store_lock(casfs_store *s, bool exclusive, int *token)
 	int64_t deadline = casfs__now_ns() + (int64_t)R(s->root)->timeout * 2 * 1000000000LL;
 	int rc;
 	for (unsigned wait_us = 1000;; wait_us = wait_us < 100000 ? wait_us * 2 : wait_us) {
-		rc = exclusive ? rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, 0)
-			       : rados_lock_shared(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "labels",
-						   "label change", &dur, 0);
+		rc = rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, 0);
 		if (rc != -EBUSY || casfs__now_ns() > deadline)
 			break;
-		usleep(wait_us); /* gc (or, for gc, a label change) holds it */
+		usleep(wait_us); /* another gc holds it */
+	}
+	if (rc == 0) {
+		int64_t until = casfs__now_ns() + (int64_t)LOCK_SECONDS * 1000000000LL;
+		if ((rc = gc_flag_set(s, until)) < 0)
+			rados_unlock(rs->io, LOCK_OBJ, LOCK_NAME, cookie);
+		else
+			rs->lease_until = until;
 	}
 	if (rc < 0) {
 		pthread_mutex_lock(&rs->mu);
 		rs->busy[slot] = false;
 		pthread_mutex_unlock(&rs->mu);
 		if (rc == -EBUSY)
-			return casfs__err(-EBUSY, "store '%s' is locked by %s on another client", s->id,
-					  exclusive ? "label changes" : "gc");
+			return casfs__err(-EBUSY, "store '%s' is locked by gc on another client", s->id);
 		return rerr(rc, "cannot lock store", s->id);
 	}
 	*token = (int)slot;
 	return 0;
+}
+
+/* A long gc renews its lease (lock and flag) before half of it is gone. */
+static void lease_renew(casfs_store *s)
+{
+	struct rstore *rs = S(s);
+	int64_t now = casfs__now_ns();
+	if (!rs->lease_until || rs->lease_until - now > (int64_t)LOCK_SECONDS * 500000000LL)
+		return;
+	pthread_mutex_lock(&rs->mu);
+	char cookie[40] = "";
+	for (size_t i = 0; i < rs->ncookies; i++)
+		if (rs->busy[i])
+			memcpy(cookie, rs->cookies[i], sizeof(cookie));
+	pthread_mutex_unlock(&rs->mu);
+	struct timeval dur = { .tv_sec = LOCK_SECONDS };
+	int64_t until = now + (int64_t)LOCK_SECONDS * 1000000000LL;
+	if (rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, LIBRADOS_LOCK_FLAG_MAY_RENEW) == 0 &&
+	    gc_flag_set(s, until) == 0)
+		rs->lease_until = until;
 }
 
 static void rados_store_unlock(casfs_store *s, int token)
@@ -1205,6 +1294,8 @@ static void rados_store_unlock(casfs_store *s, int token)
 	struct rstore *rs = S(s);
 	if (token < 0)
 		return;
+	gc_flag_set(s, 0);
+	rs->lease_until = 0;
 	pthread_mutex_lock(&rs->mu);
 	char cookie[40];
 	memcpy(cookie, rs->cookies[token], sizeof(cookie));
@@ -1273,36 +1364,43 @@ static void lnode_free(struct lnode *n)
 	free(n->dval);
 }
 
-static int any_child(const char *key, size_t klen, const char *val, size_t vlen, void *ud,
-		     char **skip)
-{
-	(void)val, (void)vlen, (void)skip;
-	struct { const char *dkey; bool found; } *c = ud;
-	if (strlen(c->dkey) == klen && !memcmp(key, c->dkey, klen))
-		return 0; /* the directory's own key */
-	c->found = true;
-	return 1;
-}
-
 static int lnode_read(casfs_store *s, const char *name, struct lnode *n)
 {
 	memset(n, 0, sizeof(*n));
 	char dkey[CASFS_LABEL_MAX + 2];
 	snprintf(dkey, sizeof(dkey), "%s/", name);
 	const char *keys[2] = { name, dkey };
-	char *vals[2];
-	int rc = omap_get(S(s)->io, LOCK_OBJ, keys, 2, vals, NULL);
-	if (rc < 0)
-		return rerr(rc, "cannot read label", name);
-	n->val = vals[0];
-	n->dval = vals[1];
-	struct { const char *dkey; bool found; } c = { dkey, false };
-	rc = omap_walk(S(s)->io, LOCK_OBJ, dkey, any_child, &c);
+	size_t klens[2] = { strlen(name), strlen(dkey) };
+	/* One round trip: both keys, and the first two keys under name/
+	 * (one of them may be name/ itself). */
+	rados_read_op_t op = rados_create_read_op();
+	rados_omap_iter_t kit, cit;
+	int kval = 0, cval = 0;
+	unsigned char more = 0;
+	rados_read_op_omap_get_vals_by_keys2(op, keys, 2, klens, &kit, &kval);
+	rados_read_op_omap_get_vals2(op, "", dkey, 2, &cit, &more, &cval);
+	int rc = rados_read_op_operate(op, S(s)->io, LOCK_OBJ, 0);
+	if (rc == 0)
+		rc = kval < 0 ? kval : cval;
+	if (rc == 0) {
+		char *k, *v;
+		size_t kl, vl;
+		while (rc == 0 && rados_omap_get_next2(kit, &k, &v, &kl, &vl) == 0 && k) {
+			char **slot = kl == klens[0] && !memcmp(k, name, kl) ? &n->val : &n->dval;
+			if (!*slot && !(*slot = strndup(v, vl)))
+				rc = -ENOMEM;
+		}
+		while (rados_omap_get_next2(cit, &k, &v, &kl, &vl) == 0 && k)
+			if (kl != klens[1])
+				n->children = true; /* a key under name/ other than itself */
+		rados_omap_get_end(kit);
+		rados_omap_get_end(cit);
+	}
+	rados_release_read_op(op);
 	if (rc < 0) {
 		lnode_free(n);
 		return rerr(rc, "cannot read label", name);
 	}
-	n->children = c.found;
 	return 0;
 }
 
@@ -1345,6 +1443,8 @@ static void guard_ancestors(rados_write_op_t op, const char *name, char *scratch
 /* After a guarded write failed: the reason, if it is not a lost race. */
 static int why_cancelled(casfs_store *s, const char *name)
 {
+	if (gc_wait(s))
+		return -EAGAIN;
 	char part[CASFS_LABEL_MAX + 2];
 	size_t n = strlen(name);
 	for (size_t i = 0; i < n; i++) {
@@ -1396,6 +1496,7 @@ static int rados_label_write(casfs_store *s, const char *name, const char *hex, 
 				 n.val ? strlen(n.val) : 0, &prval);
 	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(dkey), 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
+	gc_guard(op);
 	const char *k = name, *vp = v;
 	size_t kl = strlen(name), vl = strlen(v);
 	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
@@ -1429,12 +1530,15 @@ static int rados_label_delete(casfs_store *s, const char *name, const char *cur)
 	int prval = 0;
 	size_t kl = strlen(name);
 	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, kl, strlen(n.val), &prval);
+	gc_guard(op);
 	rados_write_op_omap_rm_keys2(op, &name, &kl, 1);
 	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
 	lnode_free(&n);
-	if (rc == -ECANCELED)
+	if (rc == -ECANCELED) {
+		gc_wait(s);
 		return -EAGAIN;
+	}
 	return rc < 0 ? rerr(rc, "cannot remove label", name) : 0;
 }
 
@@ -1541,6 +1645,7 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 		rados_write_op_omap_cmp2(op, tdkey, LIBRADOS_CMPXATTR_OP_EQ, t.dval ? t.dval : "",
 					 strlen(tdkey), t.dval ? strlen(t.dval) : 0, &prval);
 		guard_ancestors(op, to, scratch, &prval);
+		gc_guard(op);
 		if (!fdir) {
 			/* ...then the label moves. */
 			const char *k = to, *v = f.val;
@@ -1648,6 +1753,7 @@ static int rados_label_quarantine(casfs_store *s, const char *name)
 		op = rados_create_write_op();
 		rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, nl, vl, &prval);
 		rados_write_op_omap_rm_keys2(op, &name, &nl, 1);
+		/* (fsck --repair holds the gc lock itself: no gc guard) */
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
 	}
@@ -1743,17 +1849,19 @@ static int rados_label_setattr(casfs_store *s, const char *name, const uint32_t 
 		const char *vp = v;
 		rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, old ? old : "", kl,
 					 old ? strlen(old) : 0, &prval);
+		gc_guard(op);
 		rados_write_op_omap_set2(op, &key, &vp, &kl, &vl, 1);
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
 		lnode_free(&n);
 		if (rc != -ECANCELED)
 			return rc < 0 ? rerr(rc, "cannot change label", name) : 0;
+		gc_wait(s);
 	}
 	return casfs__err(-EBUSY, "label '%s' keeps changing under us: gave up", name);
 }
 
-static int rados_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+static int label_mkdir_once(casfs_store *s, const char *name, uint32_t mode)
 {
 	char scratch[CASFS_LABEL_MAX + 2], dkey[CASFS_LABEL_MAX + 2];
 	snprintf(dkey, sizeof(dkey), "%s/", name);
@@ -1776,17 +1884,16 @@ static int rados_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
 	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(name), 0, &prval);
 	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
+	gc_guard(op);
 	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
 	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
-	if (rc == -ECANCELED) {
-		rc = why_cancelled(s, name);
-		return rc == -EAGAIN ? -EEXIST : rc;
-	}
+	if (rc == -ECANCELED)
+		return why_cancelled(s, name); /* -EAGAIN: look again */
 	return rc < 0 ? rerr(rc, "cannot make label directory", name) : 0;
 }
 
-static int rados_label_rmdir(casfs_store *s, const char *name)
+static int label_rmdir_once(casfs_store *s, const char *name)
 {
 	char dkey[CASFS_LABEL_MAX + 2];
 	snprintf(dkey, sizeof(dkey), "%s/", name);
@@ -1806,16 +1913,39 @@ static int rados_label_rmdir(casfs_store *s, const char *name)
 		size_t kl = strlen(dkey);
 		const char *k = dkey;
 		rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, n.dval, kl, strlen(n.dval), &prval);
+		gc_guard(op);
 		rados_write_op_omap_rm_keys2(op, &k, &kl, 1);
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
-		if (rc == -ECANCELED)
-			rc = -ENOTEMPTY;
+		if (rc == -ECANCELED) {
+			gc_wait(s);
+			rc = -EAGAIN; /* changed meanwhile, or gc: look again */
+		}
 		else if (rc < 0)
 			rc = rerr(rc, "cannot remove label directory", name);
 	}
 	lnode_free(&n);
 	return rc;
+}
+
+static int rados_label_mkdir(casfs_store *s, const char *name, uint32_t mode)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		int rc = label_mkdir_once(s, name, mode);
+		if (rc != -EAGAIN)
+			return rc;
+	}
+	return casfs__err(-EBUSY, "label directory '%s' keeps changing under us: gave up", name);
+}
+
+static int rados_label_rmdir(casfs_store *s, const char *name)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		int rc = label_rmdir_once(s, name);
+		if (rc != -EAGAIN)
+			return rc;
+	}
+	return casfs__err(-EBUSY, "label directory '%s' keeps changing under us: gave up", name);
 }
 
 struct rdir {
