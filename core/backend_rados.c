@@ -55,10 +55,12 @@
 #define JOURNAL_SEG (8u << 20)   /* bytes per journal segment */
 #define LOCK_OBJ "casfs.labels"
 #define LOCK_NAME "casfs-gc"
-#define LOCK_SECONDS 60          /* a crashed holder's lock expires */
+#define LOCK_SECONDS 60          /* gc's lock: renewed while it runs */
+#define SHARED_SECONDS 10        /* a label change's: a crashed holder delays gc this long */
 #define PAGE_KEYS 1000           /* omap keys fetched per round trip */
 #define CACHE_SIZE_DEFAULT (1ull << 30)
 #define TIMEOUT_DEFAULT 30
+#define NS_MAX 128               /* bytes of a root's namespace */
 
 struct rroot {
 	rados_t cl;
@@ -79,7 +81,8 @@ struct rstore {
 	pthread_mutex_t mu;
 	unsigned jseg;
 	unsigned appends;
-	int64_t lease_until;     /* while we hold the gc lock */
+	int64_t lease_until;     /* while we hold the gc lock: until when */
+	size_t lease_slot;       /* and with which cookie */
 	/* cookies of the locks held, indexed by token */
 	char (*cookies)[40];
 	bool *busy;
@@ -119,6 +122,28 @@ static int mkdirs(const char *path, mode_t mode)
 	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
 		return -errno;
 	return 0;
+}
+
+/* The cache and staging files are the process's own, whatever filesystem
+ * identity the calling thread took (the mount acts as its caller, who may
+ * not enter the daemon's cache directory). */
+struct ident {
+	uid_t uid;
+	gid_t gid;
+};
+
+static struct ident as_process(void)
+{
+	struct ident old;
+	old.uid = (uid_t)setfsuid(geteuid());
+	old.gid = (gid_t)setfsgid(getegid());
+	return old;
+}
+
+static void as_before(struct ident old)
+{
+	setfsgid(old.gid);
+	setfsuid(old.uid);
 }
 
 /* Escapes a pool or namespace name for use as one path component. */
@@ -198,8 +223,8 @@ static int omap_get(rados_ioctx_t io, const char *obj, const char *const *keys, 
 				}
 			}
 		}
-		rados_omap_get_end(it);
 	}
+	rados_omap_get_end(it);
 	rados_release_read_op(op);
 	return rc;
 }
@@ -225,6 +250,7 @@ static int omap_walk(rados_ioctx_t io, const char *obj, const char *prefix, omap
 		if (rc == 0 && prval < 0)
 			rc = prval;
 		if (rc < 0) {
+			rados_omap_get_end(it); /* made with the operation */
 			rados_release_read_op(op);
 			break;
 		}
@@ -287,6 +313,8 @@ static int rados_root_open(casfs_root *r, const char *spec)
 		return casfs__err(-EINVAL, "'%s': no pool name (expected rados:POOL or rados:POOL/NAMESPACE)", spec);
 	if (strchr(ns, '/'))
 		return casfs__err(-EINVAL, "'%s': a namespace cannot contain '/'", spec);
+	if (strlen(ns) > NS_MAX)
+		return casfs__err(-ENAMETOOLONG, "'%s': a namespace is at most %d bytes", spec, NS_MAX);
 	struct rroot *rr = calloc(1, sizeof(*rr));
 	if (!rr)
 		return casfs__err(-ENOMEM, "out of memory");
@@ -436,8 +464,15 @@ static int store_ioctx(casfs_root *r, const char *id, rados_ioctx_t *io)
 	int rc = rados_ioctx_create(R(r)->cl, R(r)->pool, io);
 	if (rc < 0)
 		return casfs__errno(rc, "cannot open Ceph pool '%s'", R(r)->pool);
-	char ns[CASFS_ID_MAX + 300];
+	/* "NS/ID"; RADOS namespaces are at most 256 bytes, so a longer one
+	 * is "NS//" and the SHA-256 of the id ('/' is never in an id). */
+	char ns[NS_MAX + CASFS_ID_MAX + 8];
 	snprintf(ns, sizeof(ns), "%s/%s", R(r)->ns, id);
+	if (strlen(ns) > 250) {
+		char hex[CASFS_HEX_MAX];
+		casfs__hash_buf(CASFS_SHA256, id, strlen(id), hex);
+		snprintf(ns, sizeof(ns), "%s//%s", R(r)->ns, hex);
+	}
 	rados_ioctx_set_namespace(*io, ns);
 	return 0;
 }
@@ -452,7 +487,6 @@ static int rados_store_create(casfs_root *r, const char *id, casfs_algo algo)
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
 	rados_write_op_setxattr(op, "casfs.algo", an, strlen(an));
-	rados_write_op_setxattr(op, "casfs.gc", "", 0);
 	rc = rados_write_op_operate(op, io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
 	rados_ioctx_destroy(io);
@@ -523,7 +557,7 @@ static int rados_store_open(casfs_store *s)
 	if (rc < 0)
 		return rerr(rc, "cannot open store", s->id);
 	if (!val)
-		return -ENOENT;
+		return casfs__err(-ENOENT, "no store '%s' in this root", s->id);
 	rc = casfs_algo_parse(&s->algo, val);
 	free(val);
 	if (rc < 0)
@@ -539,7 +573,10 @@ static int rados_store_open(casfs_store *s)
 	snprintf(path, sizeof(path), "%s/%s", R(s->root)->cache_dir, s->id);
 	if (!(rs->cache = strdup(path)))
 		return casfs__err(-ENOMEM, "out of memory");
-	if ((rc = mkdirs(rs->cache, 0700)) < 0)
+	struct ident id = as_process();
+	rc = mkdirs(rs->cache, 0700);
+	as_before(id);
+	if (rc < 0)
 		return casfs__errno(rc, "cannot make cache directory '%s'", path);
 	char seg[16] = "";
 	rc = rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", seg, sizeof(seg) - 1);
@@ -570,9 +607,14 @@ static void rados_store_close(casfs_store *s)
 static int rados_stage_create(casfs_store *s, struct casfs_stage *st)
 {
 	const char *dir = R(s->root)->staging_dir;
+	struct ident id = as_process();
 	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0 && errno == ENOENT && mkdirs(dir, 0700) == 0)
+		fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); /* removed by hand */
+	int e = errno;
+	as_before(id);
 	if (fd < 0)
-		return casfs__errno(-errno, "cannot make a staging file in '%s'", dir);
+		return casfs__errno(-e, "cannot make a staging file in '%s'", dir);
 	st->fd = fd;
 	snprintf(st->name, sizeof(st->name), "tmpfile");
 	st->synced = false;
@@ -648,6 +690,7 @@ static int head_read(casfs_store *s, const char *hex, struct head *h)
 	if (rc == 0 && prval < 0)
 		rc = prval;
 	if (rc < 0) {
+		rados_getxattrs_end(it);
 		rados_release_read_op(op);
 		return rc == -ENOENT ? -ENOENT : rerr(rc, "cannot read blob", hex);
 	}
@@ -658,7 +701,8 @@ static int head_read(casfs_store *s, const char *hex, struct head *h)
 	while (rados_getxattrs_next(it, &name, &val, &len) == 0 && name) {
 		char v[32];
 		size_t n = len < sizeof(v) - 1 ? len : sizeof(v) - 1;
-		memcpy(v, val, n);
+		if (n)
+			memcpy(v, val, n);
 		v[n] = '\0';
 		if (!strcmp(name, "casfs.size")) {
 			h->size = strtoull(v, NULL, 10);
@@ -774,6 +818,8 @@ static void remove_tails(casfs_store *s, const char *hex, const char *nonce, uin
 	}
 }
 
+static int lock_renew(casfs_store *s, bool force);
+
 static int rados_blob_publish(casfs_store *s, struct casfs_stage *st, const char *hex)
 {
 	int rc = freshen(s, hex);
@@ -810,6 +856,14 @@ static int rados_blob_publish(casfs_store *s, struct casfs_stage *st, const char
 	if (got != (ssize_t)hlen) {
 		rc = casfs__errno(got < 0 ? -errno : -EIO, "cannot read staging file");
 		free(head);
+		goto out;
+	}
+	/* After a long upload the lock of the label change this publish is
+	 * part of may be near its end (or, if it ran out and a gc came
+	 * between, is taken again here): renew it before the head exists. */
+	if ((rc = lock_renew(s, false)) < 0) {
+		free(head);
+		remove_tails(s, hex, nonce, size);
 		goto out;
 	}
 	char sz[24], now[24];
@@ -903,9 +957,12 @@ static int rados_blob_open(casfs_store *s, const char *hex, int *out)
 		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
 	if (rc < 0)
 		return rc;
+	struct ident id = as_process();
 	int fd = open(R(s->root)->staging_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	int e = errno;
+	as_before(id);
 	if (fd < 0)
-		return casfs__errno(-errno, "cannot make a local copy of blob %s", hex);
+		return casfs__errno(-e, "cannot make a local copy of blob %s", hex);
 	if (h.size > 0 && (rc = fetch_chunks(s, hex, &h, 0, (h.size - 1) / CHUNK, fd, 0)) < 0) {
 		close(fd);
 		return rc;
@@ -1003,8 +1060,20 @@ static void cache_account(casfs_root *r, uint64_t added)
 	pthread_mutex_unlock(&rr->cmu);
 }
 
+static int blob_open_at(casfs_store *s, const char *hex, uint64_t off, int *out, uint64_t *start,
+			uint64_t *len);
+
 static int rados_blob_open_at(casfs_store *s, const char *hex, uint64_t off, int *out,
 			      uint64_t *start, uint64_t *len)
+{
+	struct ident id = as_process();
+	int rc = blob_open_at(s, hex, off, out, start, len);
+	as_before(id);
+	return rc;
+}
+
+static int blob_open_at(casfs_store *s, const char *hex, uint64_t off, int *out, uint64_t *start,
+			uint64_t *len)
 {
 	uint64_t i = off / CHUNK;
 	char path[PATH_MAX];
@@ -1036,6 +1105,8 @@ static int rados_blob_open_at(casfs_store *s, const char *hex, uint64_t off, int
 	/* Fetch into an unnamed file, then give it its name: a chunk file
 	 * is always whole. */
 	fd = open(S(s)->cache, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0 && errno == ENOENT && mkdirs(S(s)->cache, 0700) == 0)
+		fd = open(S(s)->cache, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); /* removed by hand */
 	if (fd < 0)
 		return casfs__errno(-errno, "cannot cache blob %s", hex);
 	if ((rc = fetch_chunks(s, hex, &h, i, i, fd, i * CHUNK)) < 0) {
@@ -1110,11 +1181,13 @@ static int rados_blob_delete(casfs_store *s, const char *hex, int64_t cutoff_ns,
 		return rc == -ENOENT ? -ENOENT : rerr(rc, "cannot remove blob", hex);
 	remove_tails(s, hex, h.tail, h.size);
 	/* Its cached chunks go too. */
+	struct ident id = as_process();
 	for (uint64_t i = 0; i * CHUNK < h.size || i == 0; i++) {
 		char path[PATH_MAX];
 		snprintf(path, sizeof(path), "%s/%s.%llu", S(s)->cache, hex, (unsigned long long)i);
 		unlink(path);
 	}
+	as_before(id);
 	return 0;
 }
 
@@ -1154,68 +1227,104 @@ static int rados_blob_quarantine(casfs_store *s, const char *name)
 /* ---------------------------------------------------------------- locks */
 
 /*
- * gc against labellers on other machines.  gc holds a RADOS lock (so two
- * gcs, or gc and fsck --repair, exclude each other) and, while it holds it,
- * sets casfs.gc on the label object to the end of its lease.  Every label
- * change is one write guarded by "casfs.gc is empty": it lands either
- * before gc sets the flag (and gc's listing, made after, sees it) or after
- * gc is done; never in between, when gc may be deleting a blob no label
- * named when it listed them.  A label change therefore needs no lock round
- * trip of its own.  A crashed gc's flag is cleared by the first labeller
- * that finds its lease over.
+ * gc against labellers on other machines: a RADOS lock on the label
+ * object.  A label change (and a commit, from publishing its blob to
+ * pointing the label at it) holds it shared, gc and fsck --repair hold it
+ * exclusive, so gc never lists the labels or deletes a blob while a label
+ * is being pointed at one.
+ *
+ * A lock of a client that died must not stop gc for long, so a shared lock
+ * lasts SHARED_SECONDS and every label write carries cls_lock's
+ * assert_locked: the write lands only while this thread's lock is still
+ * held.  If the lock ran out (a stalled client) the write fails, the lock is
+ * taken again (after any gc that took over) and the blob checked again.  A
+ * long upload renews the lock before it creates the blob's head.
  */
-static int gc_flag_set(casfs_store *s, int64_t until)
+
+/* The shared lock this thread holds, for assert_locked and renewal. */
+static __thread struct {
+	casfs_store *s;
+	char cookie[40];
+	int64_t since;
+} tl_lock;
+
+static int take_lock(casfs_store *s, bool exclusive, const char *cookie, uint8_t flags)
 {
-	char v[24] = "";
-	if (until)
-		snprintf(v, sizeof(v), "%020lld", (long long)until);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_assert_exists(op); /* not after the store was removed */
-	rados_write_op_setxattr(op, "casfs.gc", v, strlen(v));
-	int rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-	rados_release_write_op(op);
+	struct timeval dur = { .tv_sec = exclusive ? LOCK_SECONDS : SHARED_SECONDS };
+	int64_t deadline = casfs__now_ns() + (int64_t)(LOCK_SECONDS + R(s->root)->timeout) * 1000000000LL;
+	int rc;
+	for (unsigned wait_us = 1000;; wait_us = wait_us < 50000 ? wait_us * 2 : wait_us) {
+		rc = exclusive ? rados_lock_exclusive(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, flags)
+			       : rados_lock_shared(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "labels",
+						   "label change", &dur, flags);
+		if (rc != -EBUSY || casfs__now_ns() > deadline)
+			break;
+		usleep(wait_us); /* gc (or, for gc, label changes) hold it */
+	}
+	if (rc == -EBUSY)
+		return casfs__err(-EBUSY, "store '%s' stayed locked by %s for %d s", s->id,
+				  exclusive ? "label changes" : "gc", LOCK_SECONDS + R(s->root)->timeout);
+	return rc < 0 ? rerr(rc, "cannot lock store", s->id) : 0;
+}
+
+/* Adds "this thread's shared lock is still held" to a label write. */
+static void lock_assert(casfs_store *s, rados_write_op_t op, char *buf, size_t size, int *prval)
+{
+	if (tl_lock.s != s)
+		return; /* no shared lock: the caller holds the exclusive one */
+	/* cls_lock_assert_op, Ceph-encoded: version 1, compat 1, length,
+	 * then name, type (2: shared), cookie, tag. */
+	const char *name = LOCK_NAME, *tag = "labels";
+	size_t nl = strlen(name), cl = strlen(tl_lock.cookie), tgl = strlen(tag);
+	size_t body = 4 + nl + 1 + 4 + cl + 4 + tgl;
+	if (6 + body > size)
+		return;
+	char *p = buf;
+	*p++ = 1;
+	*p++ = 1;
+	uint32_t v = (uint32_t)body;
+	memcpy(p, &v, 4), p += 4; /* little-endian, as on every machine we build for */
+	v = (uint32_t)nl;
+	memcpy(p, &v, 4), p += 4;
+	memcpy(p, name, nl), p += nl;
+	*p++ = 2;
+	v = (uint32_t)cl;
+	memcpy(p, &v, 4), p += 4;
+	memcpy(p, tl_lock.cookie, cl), p += cl;
+	v = (uint32_t)tgl;
+	memcpy(p, &v, 4), p += 4;
+	memcpy(p, tag, tgl), p += tgl;
+	rados_write_op_exec(op, "lock", "assert_locked", buf, (size_t)(p - buf), prval);
+}
+
+/* Renews this thread's shared lock (taking it again if it ran out and a gc
+ * came between) when half of its time is gone, or always with force. */
+static int lock_renew(casfs_store *s, bool force)
+{
+	if (tl_lock.s != s)
+		return 0;
+	int64_t now = casfs__now_ns();
+	if (!force && now - tl_lock.since < (int64_t)SHARED_SECONDS * 500000000LL)
+		return 0;
+	int rc = take_lock(s, false, tl_lock.cookie, LIBRADOS_LOCK_FLAG_MAY_RENEW);
+	if (rc == 0)
+		tl_lock.since = now;
 	return rc;
 }
 
-static void gc_guard(rados_write_op_t op)
+/* After a label write failed: 1 if it was because our lock ran out (it is
+ * held again now), 0 if not, or an error. */
+static int lock_lost(casfs_store *s, int rc)
 {
-	rados_write_op_cmpxattr(op, "casfs.gc", LIBRADOS_CMPXATTR_OP_EQ, "", 0);
-}
-
-/* After a guarded label write was cancelled: 1 if gc was in the way (we
- * waited a little, or cleared a dead gc's flag: try again), else 0. */
-static int gc_wait(casfs_store *s)
-{
-	char v[32];
-	int n = rados_getxattr(S(s)->io, LOCK_OBJ, "casfs.gc", v, sizeof(v) - 1);
-	if (n == -ENODATA) {
-		/* A label object without the flag (made by hand): add it. */
-		gc_flag_set(s, 0);
-		return 1;
-	}
-	if (n <= 0)
+	if (rc != -EBUSY || tl_lock.s != s)
 		return 0;
-	v[n] = '\0';
-	if (strtoll(v, NULL, 10) < casfs__now_ns()) {
-		/* Its gc died: clear the flag, unless another gc set it anew. */
-		rados_write_op_t op = rados_create_write_op();
-		rados_write_op_cmpxattr(op, "casfs.gc", LIBRADOS_CMPXATTR_OP_EQ, v, (size_t)n);
-		rados_write_op_setxattr(op, "casfs.gc", "", 0);
-		rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
-		return 1;
-	}
-	usleep(20000);
-	return 1;
+	int r = lock_renew(s, true);
+	return r < 0 ? r : 1;
 }
 
 static int rados_store_lock(casfs_store *s, bool exclusive, int *token)
 {
 	struct rstore *rs = S(s);
-	if (!exclusive) {
-		*token = -1; /* label changes are guarded by the gc flag instead */
-		return 0;
-	}
 	pthread_mutex_lock(&rs->mu);
 	size_t slot = 0;
 	while (slot < rs->ncookies && rs->busy[slot])
@@ -1237,56 +1346,52 @@ static int rados_store_lock(casfs_store *s, bool exclusive, int *token)
 		rs->ncookies = n;
 	}
 	rs->busy[slot] = true;
-	char *cookie = rs->cookies[slot];
+	char cookie[40];
 	casfs__randhex(cookie, 32);
+	memcpy(rs->cookies[slot], cookie, sizeof(cookie));
 	pthread_mutex_unlock(&rs->mu);
 
-	struct timeval dur = { .tv_sec = LOCK_SECONDS };
-	int64_t deadline = casfs__now_ns() + (int64_t)R(s->root)->timeout * 2 * 1000000000LL;
-	int rc;
-	for (unsigned wait_us = 1000;; wait_us = wait_us < 100000 ? wait_us * 2 : wait_us) {
-		rc = rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, 0);
-		if (rc != -EBUSY || casfs__now_ns() > deadline)
-			break;
-		usleep(wait_us); /* another gc holds it */
-	}
-	if (rc == 0) {
-		int64_t until = casfs__now_ns() + (int64_t)LOCK_SECONDS * 1000000000LL;
-		if ((rc = gc_flag_set(s, until)) < 0)
-			rados_unlock(rs->io, LOCK_OBJ, LOCK_NAME, cookie);
-		else
-			rs->lease_until = until;
-	}
+	int rc = take_lock(s, exclusive, cookie, 0);
 	if (rc < 0) {
 		pthread_mutex_lock(&rs->mu);
 		rs->busy[slot] = false;
 		pthread_mutex_unlock(&rs->mu);
-		if (rc == -EBUSY)
-			return casfs__err(-EBUSY, "store '%s' is locked by gc on another client", s->id);
-		return rerr(rc, "cannot lock store", s->id);
+		return rc;
+	}
+	if (exclusive) {
+		pthread_mutex_lock(&rs->mu);
+		rs->lease_until = casfs__now_ns() + (int64_t)LOCK_SECONDS * 1000000000LL;
+		rs->lease_slot = slot;
+		pthread_mutex_unlock(&rs->mu);
+	} else {
+		tl_lock.s = s;
+		memcpy(tl_lock.cookie, cookie, sizeof(cookie));
+		tl_lock.since = casfs__now_ns();
 	}
 	*token = (int)slot;
 	return 0;
 }
 
-/* A long gc renews its lease (lock and flag) before half of it is gone. */
+/* A long gc renews its lock before half of its time is gone. */
 static void lease_renew(casfs_store *s)
 {
 	struct rstore *rs = S(s);
 	int64_t now = casfs__now_ns();
-	if (!rs->lease_until || rs->lease_until - now > (int64_t)LOCK_SECONDS * 500000000LL)
-		return;
 	pthread_mutex_lock(&rs->mu);
-	char cookie[40] = "";
-	for (size_t i = 0; i < rs->ncookies; i++)
-		if (rs->busy[i])
-			memcpy(cookie, rs->cookies[i], sizeof(cookie));
+	bool due = rs->lease_until && rs->lease_until - now < (int64_t)LOCK_SECONDS * 500000000LL;
+	char cookie[40];
+	if (due)
+		memcpy(cookie, rs->cookies[rs->lease_slot], sizeof(cookie));
 	pthread_mutex_unlock(&rs->mu);
+	if (!due)
+		return;
 	struct timeval dur = { .tv_sec = LOCK_SECONDS };
-	int64_t until = now + (int64_t)LOCK_SECONDS * 1000000000LL;
-	if (rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, LIBRADOS_LOCK_FLAG_MAY_RENEW) == 0 &&
-	    gc_flag_set(s, until) == 0)
-		rs->lease_until = until;
+	if (rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur,
+				 LIBRADOS_LOCK_FLAG_MAY_RENEW) == 0) {
+		pthread_mutex_lock(&rs->mu);
+		rs->lease_until = now + (int64_t)LOCK_SECONDS * 1000000000LL;
+		pthread_mutex_unlock(&rs->mu);
+	}
 }
 
 static void rados_store_unlock(casfs_store *s, int token)
@@ -1294,12 +1399,14 @@ static void rados_store_unlock(casfs_store *s, int token)
 	struct rstore *rs = S(s);
 	if (token < 0)
 		return;
-	gc_flag_set(s, 0);
-	rs->lease_until = 0;
 	pthread_mutex_lock(&rs->mu);
 	char cookie[40];
 	memcpy(cookie, rs->cookies[token], sizeof(cookie));
+	if (rs->lease_until && rs->lease_slot == (size_t)token)
+		rs->lease_until = 0;
 	pthread_mutex_unlock(&rs->mu);
+	if (tl_lock.s == s && !strcmp(tl_lock.cookie, cookie))
+		tl_lock.s = NULL;
 	rados_unlock(rs->io, LOCK_OBJ, LOCK_NAME, cookie);
 	pthread_mutex_lock(&rs->mu);
 	rs->busy[token] = false;
@@ -1393,9 +1500,9 @@ static int lnode_read(casfs_store *s, const char *name, struct lnode *n)
 		while (rados_omap_get_next2(cit, &k, &v, &kl, &vl) == 0 && k)
 			if (kl != klens[1])
 				n->children = true; /* a key under name/ other than itself */
-		rados_omap_get_end(kit);
-		rados_omap_get_end(cit);
 	}
+	rados_omap_get_end(kit);
+	rados_omap_get_end(cit);
 	rados_release_read_op(op);
 	if (rc < 0) {
 		lnode_free(n);
@@ -1443,8 +1550,7 @@ static void guard_ancestors(rados_write_op_t op, const char *name, char *scratch
 /* After a guarded write failed: the reason, if it is not a lost race. */
 static int why_cancelled(casfs_store *s, const char *name)
 {
-	if (gc_wait(s))
-		return -EAGAIN;
+
 	char part[CASFS_LABEL_MAX + 2];
 	size_t n = strlen(name);
 	for (size_t i = 0; i < n; i++) {
@@ -1496,7 +1602,8 @@ static int rados_label_write(casfs_store *s, const char *name, const char *hex, 
 				 n.val ? strlen(n.val) : 0, &prval);
 	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(dkey), 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
-	gc_guard(op);
+	char abuf[128];
+	lock_assert(s, op, abuf, sizeof(abuf), &prval);
 	const char *k = name, *vp = v;
 	size_t kl = strlen(name), vl = strlen(v);
 	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
@@ -1505,6 +1612,17 @@ static int rados_label_write(casfs_store *s, const char *name, const char *hex, 
 	lnode_free(&n);
 	if (rc == -ECANCELED)
 		return why_cancelled(s, name);
+	int lost = lock_lost(s, rc);
+	if (lost < 0)
+		return lost;
+	if (lost) {
+		/* A gc may have come between: is the blob still there? */
+		struct head h;
+		int e = head_read(s, hex, &h);
+		if (e == -ENOENT)
+			return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
+		return e < 0 ? e : -EAGAIN;
+	}
 	return rc < 0 ? rerr(rc, "cannot set label", name) : 0;
 }
 
@@ -1530,15 +1648,17 @@ static int rados_label_delete(casfs_store *s, const char *name, const char *cur)
 	int prval = 0;
 	size_t kl = strlen(name);
 	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, kl, strlen(n.val), &prval);
-	gc_guard(op);
+	char abuf[128];
+	lock_assert(s, op, abuf, sizeof(abuf), &prval);
 	rados_write_op_omap_rm_keys2(op, &name, &kl, 1);
 	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
 	lnode_free(&n);
-	if (rc == -ECANCELED) {
-		gc_wait(s);
+	int lost = lock_lost(s, rc);
+	if (lost)
+		return lost < 0 ? lost : -EAGAIN;
+	if (rc == -ECANCELED)
 		return -EAGAIN;
-	}
 	return rc < 0 ? rerr(rc, "cannot remove label", name) : 0;
 }
 
@@ -1645,7 +1765,8 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 		rados_write_op_omap_cmp2(op, tdkey, LIBRADOS_CMPXATTR_OP_EQ, t.dval ? t.dval : "",
 					 strlen(tdkey), t.dval ? strlen(t.dval) : 0, &prval);
 		guard_ancestors(op, to, scratch, &prval);
-		gc_guard(op);
+		char abuf[128];
+		lock_assert(s, op, abuf, sizeof(abuf), &prval);
 		if (!fdir) {
 			/* ...then the label moves. */
 			const char *k = to, *v = f.val;
@@ -1702,6 +1823,11 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 				return rc;
 			continue; /* lost a race: look again */
 		}
+		int lost = lock_lost(s, rc);
+		if (lost < 0)
+			return lost;
+		if (lost)
+			continue; /* our lock ran out: held again, look again */
 		return rc < 0 ? rerr(rc, "cannot rename label", from) : 0;
 	}
 	return casfs__err(-EBUSY, "label '%s' keeps changing under us: gave up", from);
@@ -1753,7 +1879,6 @@ static int rados_label_quarantine(casfs_store *s, const char *name)
 		op = rados_create_write_op();
 		rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, nl, vl, &prval);
 		rados_write_op_omap_rm_keys2(op, &name, &nl, 1);
-		/* (fsck --repair holds the gc lock itself: no gc guard) */
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
 	}
@@ -1849,14 +1974,17 @@ static int rados_label_setattr(casfs_store *s, const char *name, const uint32_t 
 		const char *vp = v;
 		rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, old ? old : "", kl,
 					 old ? strlen(old) : 0, &prval);
-		gc_guard(op);
+		char abuf[128];
+		lock_assert(s, op, abuf, sizeof(abuf), &prval);
 		rados_write_op_omap_set2(op, &key, &vp, &kl, &vl, 1);
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
 		lnode_free(&n);
-		if (rc != -ECANCELED)
+		int lost = lock_lost(s, rc);
+		if (lost < 0)
+			return lost;
+		if (rc != -ECANCELED && !lost)
 			return rc < 0 ? rerr(rc, "cannot change label", name) : 0;
-		gc_wait(s);
 	}
 	return casfs__err(-EBUSY, "label '%s' keeps changing under us: gave up", name);
 }
@@ -1884,12 +2012,16 @@ static int label_mkdir_once(casfs_store *s, const char *name, uint32_t mode)
 	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(name), 0, &prval);
 	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
-	gc_guard(op);
+	char abuf[128];
+	lock_assert(s, op, abuf, sizeof(abuf), &prval);
 	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
 	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 	rados_release_write_op(op);
 	if (rc == -ECANCELED)
 		return why_cancelled(s, name); /* -EAGAIN: look again */
+	int lost = lock_lost(s, rc);
+	if (lost)
+		return lost < 0 ? lost : -EAGAIN;
 	return rc < 0 ? rerr(rc, "cannot make label directory", name) : 0;
 }
 
@@ -1913,13 +2045,16 @@ static int label_rmdir_once(casfs_store *s, const char *name)
 		size_t kl = strlen(dkey);
 		const char *k = dkey;
 		rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, n.dval, kl, strlen(n.dval), &prval);
-		gc_guard(op);
+		char abuf[128];
+		lock_assert(s, op, abuf, sizeof(abuf), &prval);
 		rados_write_op_omap_rm_keys2(op, &k, &kl, 1);
 		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
 		rados_release_write_op(op);
+		int lost = lock_lost(s, rc);
+		if (lost)
+			rc = lost < 0 ? lost : -ECANCELED;
 		if (rc == -ECANCELED) {
-			gc_wait(s);
-			rc = -EAGAIN; /* changed meanwhile, or gc: look again */
+				rc = -EAGAIN; /* changed meanwhile, or gc: look again */
 		}
 		else if (rc < 0)
 			rc = rerr(rc, "cannot remove label directory", name);
@@ -2027,7 +2162,7 @@ static int rados_journal_append(casfs_store *s, const char *line, size_t len, bo
 	struct rstore *rs = S(s);
 	pthread_mutex_lock(&rs->mu);
 	unsigned seg = rs->jseg;
-	bool check = ++rs->appends % 64 == 0;
+	bool check = rs->appends++ % 64 == 0; /* the first of a process, then every 64th */
 	pthread_mutex_unlock(&rs->mu);
 	char oid[64];
 	snprintf(oid, sizeof(oid), "casfs.journal.%08u", seg);

@@ -675,8 +675,12 @@ static bool hash_is_current(const casfs_writer *w)
  * the staging file when writes came out of order. */
 static int writer_digest(casfs_writer *w, char hex[CASFS_HEX_MAX])
 {
-	if (hash_is_current(w))
+	if (hash_is_current(w)) {
+		/* Finishing the running hash consumes it: if this commit
+		 * fails and is tried again, read the staging file then. */
+		w->rehash = true;
 		return casfs__hash_final(w->h, hex);
+	}
 	return casfs__hash_fd(w->s->algo, w->st.fd, hex, NULL);
 }
 
@@ -693,8 +697,11 @@ int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 		return rc;
 	/* Content already stored: publishing will only freshen the blob and
 	 * drop this copy, so there is nothing to make durable. */
-	if (w->s->be->blob_stat(w->s, hex, NULL, NULL) == 0)
+	rc = w->s->be->blob_stat(w->s, hex, NULL, NULL);
+	if (rc == 0)
 		return 0;
+	if (rc != -ENOENT)
+		return rc; /* cannot tell (a remote store that does not answer) */
 	struct casfs_stage *one = &w->st;
 	return w->s->be->stage_sync(w->s, &one, 1);
 }

@@ -162,6 +162,7 @@ struct version {
 	bool dirty;               /* changed since last commit */
 	bool detached;            /* name unlinked: never commit */
 	int err;                  /* a write failed: never commit, close reports it */
+	bool commit_failed;       /* the last commit failed (and close said so) */
 	bool set_mode, set_mtime;
 	uint32_t mode;
 	int64_t mtime_ns;         /* of the last change or of utimens */
@@ -295,15 +296,27 @@ static void version_set_base(struct version *v, struct fstore *st, const char *h
 	v->base_fd = -1;
 	snprintf(v->base, sizeof(v->base), "%s", hex);
 	v->base_size = 0;
-	if (hex[0]) {
+	/* Its content is opened when first read (for a remote store that
+	 * is a download: not at every commit). */
+	if (hex[0])
 		casfs_blob_size(st->s, hex, &v->base_size);
-		if (casfs_blob_open(st->s, hex, &v->base_fd) == 0 &&
-		    fstore_check_blob(st, hex, v->base_fd) < 0) {
-			close(v->base_fd); /* damaged: the version starts empty */
-			v->base_fd = -1;
-			v->base_size = 0;
-		}
+}
+
+/* The base content's descriptor, opened on first use (v->mu held). */
+static int version_base_fd(struct version *v)
+{
+	if (v->base_fd >= 0 || !v->base[0] || !v->base_size)
+		return v->base_fd;
+	struct fstore *st = v->node->st;
+	int fd;
+	if (casfs_blob_open(st->s, v->base, &fd) < 0)
+		return -1;
+	if (fstore_check_blob(st, v->base, fd) < 0) {
+		close(fd); /* damaged: reads fail, a rewrite starts empty */
+		return -1;
 	}
+	v->base_fd = fd;
+	return fd;
 }
 
 /* A new version of node, starting from its committed content unless
@@ -366,6 +379,7 @@ static int version_commit(struct version *v, bool force)
 		return -ENOMEM;
 	char hex[CASFS_HEX_MAX];
 	int rc = casfs_label_commit(x->st->s, name, v->w, NULL, hex);
+	v->commit_failed = rc < 0;
 	if (rc < 0) {
 		fs_log(LOG_WARNING, "commit of %s/incoming/%s failed: %s", x->st->id, name,
 		       casfs_error_last());
@@ -1309,10 +1323,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	}
 	struct version *v = h->v;
 	pthread_mutex_lock(&v->mu);
-	int fd = staged(v) ? casfs_writer_fd(v->w) : v->base_fd;
+	int fd = staged(v) ? casfs_writer_fd(v->w) : version_base_fd(v);
 	if (fd < 0) {
+		bool lost = !staged(v) && v->base[0] && v->base_size;
 		pthread_mutex_unlock(&v->mu);
-		fuse_reply_buf(req, NULL, 0); /* empty */
+		if (lost)
+			fuse_reply_err(req, EIO); /* could not be fetched, or damaged */
+		else
+			fuse_reply_buf(req, NULL, 0); /* empty */
 		return;
 	}
 	/* Copy out under the lock: a concurrent commit replaces the fd. */
@@ -1457,8 +1475,10 @@ static void handle_close(struct handle *h, bool commit)
 		struct version *v = h->v;
 		pthread_mutex_lock(&v->mu);
 		/* Writes after the last flush (a shared mapping written back
-		 * at munmap) are committed here. */
-		if (v->handles == 1 && commit)
+		 * at munmap) are committed here; not a version whose commit at
+		 * close failed: close(2) said it was not stored, so it is not
+		 * stored behind the program's back later. */
+		if (v->handles == 1 && commit && !v->commit_failed)
 			version_commit(v, false);
 		pthread_mutex_unlock(&v->mu);
 		pthread_mutex_lock(&cur_mu);
