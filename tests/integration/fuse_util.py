@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from conftest import BUILD, SANITIZER_MARKS, Casfs
+from conftest import BUILD, SANITIZER_MARKS, Casfs, RootSpec
 
 # How the daemon is started; each test using `mounted`/`mounter` runs once
 # per entry.
@@ -149,7 +149,9 @@ class Mount:
 
     def __init__(self, casfs, root, mnt, cmd, how, log_path):
         self.casfs = casfs
-        self.root = pathlib.Path(root)
+        self.remote = isinstance(root, RootSpec)
+        # root: the backing directory, or the RootSpec of a rados: root
+        self.root = root if self.remote else pathlib.Path(root)
         self.mnt = pathlib.Path(mnt)
         self.cmd = cmd
         self.how = how
@@ -170,8 +172,12 @@ class Mount:
         """What the daemon wrote so far, with the root and mount point
         masked (a test's name, hence its tmp_path, may contain 'error')."""
         text = self.log_path.read_bytes().decode(errors="replace")
-        for p in sorted({str(self.root), str(self.mnt), os.path.realpath(self.root),
-                         os.path.realpath(self.mnt)}, key=len, reverse=True):
+        paths = {str(self.root), str(self.mnt), os.path.realpath(self.mnt)}
+        if self.remote:
+            paths |= {self.root.cache_dir, self.root.ceph_conf}
+        else:
+            paths.add(os.path.realpath(self.root))
+        for p in sorted(paths, key=len, reverse=True):
             text = text.replace(p, "<path>")
         return text
 
@@ -203,7 +209,7 @@ class Mount:
         info = mountinfo(self.mnt)
         assert info is not None, f"{self.mnt} is a mount point but not in /proc/self/mountinfo"
         assert info["fstype"] == "fuse.casfs", info
-        assert info["source"] == os.path.realpath(self.root), info
+        assert info["source"] == (str(self.root) if self.remote else os.path.realpath(self.root)), info
         return info
 
     def _killpg(self, sig):
@@ -291,29 +297,36 @@ class Mount:
     # -------------------------------------------------------------- paths
 
     def store(self, sid):
-        """(path through the mount, path in the backing root) of a store."""
-        return self.mnt / sid, self.root / sid
+        """(path through the mount, path in the backing root) of a store;
+        the second is None for a rados: root (it has no directory)."""
+        return self.mnt / sid, None if self.remote else self.root / sid
 
 
 class Mounter:
     """Starts mounts for one test and tears all of them down."""
 
-    def __init__(self, how, casfs_bin, tmp_path):
+    def __init__(self, how, casfs_bin, tmp_path, default_root=None):
         self.how = how
         self.exe = casfs_bin
         self.tmp = pathlib.Path(tmp_path)
+        self.default_root = default_root
         self.mounts = []
 
     def __call__(self, root=None, mnt=None, opts=(), args=()):
-        """Mounts root (default tmp_path/root, created if missing) on mnt
-        (default tmp_path/mnt) and returns the Mount once it is up."""
+        """Mounts root (default: the test's root for its backend; a
+        directory is created if missing) on mnt (default tmp_path/mnt) and
+        returns the Mount once it is up."""
         if not os.path.exists("/dev/fuse"):
             pytest.fail("/dev/fuse is missing: the filesystem tests need FUSE (modprobe fuse; "
                         "in a container, pass --device /dev/fuse)")
         require_tool("fusermount3")
-        root = pathlib.Path(root) if root else self.tmp / "root"
+        root = root or self.default_root or self.tmp / "root"
+        if isinstance(root, RootSpec):
+            opts = tuple(root.opts()) + tuple(opts)
+        else:
+            root = pathlib.Path(root)
+            root.mkdir(parents=True, exist_ok=True)
         mnt = pathlib.Path(mnt) if mnt else self.tmp / "mnt"
-        root.mkdir(parents=True, exist_ok=True)
         mnt.mkdir(parents=True, exist_ok=True)
         cmd = mount_command(self.how, self.exe, root, mnt, opts, args)
         log = self.tmp / f"daemon.{len(self.mounts)}.log"
@@ -349,9 +362,10 @@ def how(request):
 
 
 @pytest.fixture
-def mounter(how, casfs_bin, tmp_path):
-    """Factory: mounter(root=None, mnt=None, opts=(), args=()) -> Mount."""
-    m = Mounter(how, casfs_bin, tmp_path)
+def mounter(how, casfs_bin, tmp_path, root_spec):
+    """Factory: mounter(root=None, mnt=None, opts=(), args=()) -> Mount.
+    The default root is the test's root for its backend (root_spec)."""
+    m = Mounter(how, casfs_bin, tmp_path, root_spec)
     try:
         yield m
     finally:
@@ -433,3 +447,20 @@ def backing_blobs(store_dir):
 def staging_files(store_dir):
     sdir = pathlib.Path(store_dir) / ".casfs" / "staging"
     return sorted(os.listdir(sdir)) if sdir.is_dir() else []
+
+
+# ------------------------------------- backend-neutral views of a store
+#
+# What a store holds, asked of the `casfs` command, so a check holds on
+# every backend (the backing_* helpers above read a local directory).
+
+
+def cli_labels(casfs, sid):
+    """Every label of a store, through the command: name ('a/b') -> digest."""
+    names = casfs.out("list-labels", sid).splitlines()
+    return {n: casfs.out("get-by-label", sid, n) for n in names}
+
+
+def cli_blobs(casfs, sid):
+    """Every blob of a store, through the command: digest -> bytes."""
+    return {d: casfs.run("get", sid, d).stdout for d in casfs.out("list-all-content", sid).splitlines()}

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from fuse_util import cli_labels
+
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Every verb of SPEC §3 the command has (mount is the filesystem's), and help.
@@ -44,10 +46,15 @@ def write(path, data):
     return path
 
 
-def snapshot(root):
-    """Every path under root with its kind and content, except the journals
-    (which record failed operations by design)."""
-    root = pathlib.Path(root)
+def snapshot(casfs):
+    """Everything the root of casfs holds, except the journals (which record
+    failed operations by design).  A directory root: every path under it
+    with its kind and content.  A rados: root, through the command: every
+    store with its labels (name -> digest) and its blobs' digests."""
+    if casfs.spec is not None:
+        return {sid: (cli_labels(casfs, sid), casfs.out("list-all-content", sid))
+                for sid in casfs.out("stores").splitlines()}
+    root = pathlib.Path(casfs.root)
     snap = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -90,6 +97,10 @@ def events(casfs, store):
     return [json.loads(l) for l in casfs.out("events", store).splitlines()]
 
 
+def is_dir_root(casfs):
+    return casfs.spec is None
+
+
 def label_file(casfs, store, name):
     return casfs.root / store / "labels" / name
 
@@ -118,24 +129,28 @@ def test_new_without_id_prints_uuid_and_creates_store(casfs):
     assert UUID_RE.match(b), b
     assert a != b
     for sid in (a, b):
-        d = casfs.root / sid
-        assert (d / "data").is_dir() and (d / "labels").is_dir() and (d / ".casfs").is_dir()
+        if is_dir_root(casfs):
+            d = casfs.root / sid
+            assert (d / "data").is_dir() and (d / "labels").is_dir() and (d / ".casfs").is_dir()
+        assert casfs.run("list-labels", sid).stdout == b""
+        assert casfs.run("list-all-content", sid).stdout == b""
     assert casfs.out("stores").splitlines() == sorted([a, b])
     assert "algorithm sha256" in casfs.out("stats", a).splitlines()
 
 
 def test_new_with_id(casfs):
     assert casfs.out("new", "my-store") == "my-store"
-    assert (casfs.root / "my-store" / "data").is_dir()
+    if is_dir_root(casfs):
+        assert (casfs.root / "my-store" / "data").is_dir()
     assert casfs.out("stores") == "my-store"
 
 
 def test_new_existing_id_fails(casfs):
     casfs.out("new", "dup")
-    before = snapshot(casfs.root)
+    before = snapshot(casfs)
     p = casfs.run("new", "dup", expect=3)
     assert_refused(p, (3,))
-    assert snapshot(casfs.root) == before
+    assert snapshot(casfs) == before
 
 
 def test_new_hash_sha1(casfs, inputs):
@@ -144,7 +159,9 @@ def test_new_hash_sha1(casfs, inputs):
     data = b"theater content\n"
     d = casfs.out("store", sid, write(inputs / "f", data))
     assert d == sha1(data) and len(d) == 40
-    assert (casfs.root / sid / "data" / d).read_bytes() == data
+    assert casfs.run("get", sid, d).stdout == data
+    if is_dir_root(casfs):
+        assert (casfs.root / sid / "data" / d).read_bytes() == data
     assert "algorithm sha1" in casfs.out("stats", sid).splitlines()
 
 
@@ -156,7 +173,9 @@ def test_new_default_hash_is_sha256(casfs, store, inputs):
 def test_new_unknown_hash_is_usage_error(casfs):
     p = casfs.run("new", "--hash", "md5", expect=2)
     assert_refused(p, (2,))
-    assert not casfs.root.exists() or list(casfs.root.iterdir()) == []
+    if is_dir_root(casfs):
+        assert not casfs.root.exists() or list(casfs.root.iterdir()) == []
+    assert casfs.run("stores").stdout == b""
 
 
 # ------------------------------------------------------------------ stores
@@ -165,13 +184,15 @@ def test_new_unknown_hash_is_usage_error(casfs):
 def test_stores_lists_sorted_ids(casfs):
     for sid in ("zeta", "alpha", "mid"):
         casfs.out("new", sid)
-    (casfs.root / ".hidden-dir").mkdir()
-    (casfs.root / "a-file").write_bytes(b"x")
+    if is_dir_root(casfs):  # what else a directory root may hold is not a store
+        (casfs.root / ".hidden-dir").mkdir()
+        (casfs.root / "a-file").write_bytes(b"x")
     assert casfs.run("stores").stdout == b"alpha\nmid\nzeta\n"
 
 
 def test_stores_of_missing_root_is_empty(casfs):
-    assert not casfs.root.exists()
+    if is_dir_root(casfs):
+        assert not casfs.root.exists()
     p = casfs.run("stores")
     assert p.stdout == b"" and p.stderr == b""
 
@@ -183,9 +204,11 @@ def test_store_one_file(casfs, store, inputs):
     data = b"hello, world\n"
     p = casfs.run("store", store, write(inputs / "f", data))
     assert p.stdout == (sha256(data) + "\n").encode()
-    blob = casfs.root / store / "data" / sha256(data)
-    assert blob.read_bytes() == data
-    assert stat.S_IMODE(blob.stat().st_mode) == 0o444
+    assert casfs.run("get", store, sha256(data)).stdout == data
+    if is_dir_root(casfs):
+        blob = casfs.root / store / "data" / sha256(data)
+        assert blob.read_bytes() == data
+        assert stat.S_IMODE(blob.stat().st_mode) == 0o444
 
 
 def test_store_stdin_dash(casfs, store):
@@ -219,16 +242,19 @@ def test_store_same_content_twice_keeps_one_blob(casfs, store, inputs):
     d1 = casfs.out("store", store, write(inputs / "a", data))
     d2 = casfs.out("store", store, write(inputs / "b", data))
     assert d1 == d2 == sha256(data)
-    assert os.listdir(casfs.root / store / "data") == [d1]
+    assert casfs.out("list-all-content", store) == d1
+    if is_dir_root(casfs):
+        assert os.listdir(casfs.root / store / "data") == [d1]
 
 
 def test_store_missing_file_fails(casfs, store, inputs):
-    before = snapshot(casfs.root)
+    before = snapshot(casfs)
     p = casfs.run("store", store, inputs / "no-such-file", expect=3)
     assert_refused(p, (3,))
-    assert snapshot(casfs.root) == before
+    assert snapshot(casfs) == before
 
 
+@pytest.mark.dir_only  # a rados: root stages in unlinked files (O_TMPFILE)
 def test_store_leaves_no_staging_files(casfs, store, inputs):
     casfs.out("store", store, write(inputs / "a", rand_bytes(3 << 20, 7)))
     casfs.out("store-at-label", store, "l", write(inputs / "b", b"small"))
@@ -250,7 +276,8 @@ def test_get_large_binary_pipelined(casfs, store, inputs):
     d = casfs.out("store", store, write(inputs / "big", data))
     assert d == sha256(data)
     assert casfs.out("store", store, "-", input=data) == d  # the same through a pipe
-    assert (casfs.root / store / "data" / d).read_bytes() == data
+    if is_dir_root(casfs):
+        assert (casfs.root / store / "data" / d).read_bytes() == data
     assert casfs.run("get", store, d).stdout == data
 
 
@@ -264,7 +291,8 @@ def test_get_large_binary_from_stdin_only(casfs, store):
 def test_get_empty_blob(casfs, store, inputs):
     d = casfs.out("store", store, write(inputs / "empty", b""))
     assert d == sha256(b"")
-    assert (casfs.root / store / "data" / d).read_bytes() == b""
+    if is_dir_root(casfs):
+        assert (casfs.root / store / "data" / d).read_bytes() == b""
     p = casfs.run("get", store, d)
     assert p.stdout == b"" and p.stderr == b""
     assert casfs.out("calculate-total-size", store) == "0"
@@ -294,14 +322,17 @@ def test_label_points_at_stored_digest(casfs, store):
     p = casfs.run("label", store, "name", d)
     assert p.stdout == b"" and p.stderr == b""
     assert casfs.out("get-by-label", store, "name") == d
-    assert label_file(casfs, store, "name").read_bytes() == d.encode()  # no newline
+    if is_dir_root(casfs):
+        assert label_file(casfs, store, "name").read_bytes() == d.encode()  # no newline
 
 
 def test_label_nested_makes_directories(casfs, store):
     d = casfs.out("store", store, input=b"nested")
     casfs.run("label", store, "a/b/c", d)
-    assert label_file(casfs, store, "a/b/c").read_bytes() == d.encode()
-    assert (casfs.root / store / "labels" / "a" / "b").is_dir()
+    assert casfs.out("list-labels", store) == "a/b/c"
+    if is_dir_root(casfs):
+        assert label_file(casfs, store, "a/b/c").read_bytes() == d.encode()
+        assert (casfs.root / store / "labels" / "a" / "b").is_dir()
     assert casfs.out("get-by-label", store, "a/b/c") == d
 
 
@@ -309,7 +340,9 @@ def test_label_refuses_absent_digest(casfs, store):
     p = casfs.run("label", store, "name", sha256(b"absent"), expect=3)
     assert_refused(p, (3,))
     casfs.run("get-by-label", store, "name", expect=1)
-    assert not label_file(casfs, store, "name").exists()
+    assert casfs.run("list-labels", store).stdout == b""
+    if is_dir_root(casfs):
+        assert not label_file(casfs, store, "name").exists()
 
 
 def test_label_moves_existing_label(casfs, store):
@@ -375,7 +408,9 @@ def test_replace_content_at_label_fails_when_label_absent(casfs, store):
     p = casfs.run("replace-content-at-label", store, "absent", input=b"data", expect=3)
     assert_refused(p, (3,))
     casfs.run("get-by-label", store, "absent", expect=1)
-    assert not label_file(casfs, store, "absent").exists()
+    assert casfs.run("list-labels", store).stdout == b""
+    if is_dir_root(casfs):
+        assert not label_file(casfs, store, "absent").exists()
 
 
 # -------------------------------------------------------- replace-at-label
@@ -431,11 +466,11 @@ def test_remove_from_label_when_it_matches(casfs, store):
 def test_remove_from_label_conflict_changes_nothing(casfs, store):
     d1 = casfs.out("store-at-label", store, "l", input=b"current")
     d2 = casfs.out("store", store, input=b"other")
-    before = snapshot(casfs.root)
+    before = snapshot(casfs)
     p = casfs.run("remove-from-label", store, "l", d2, expect=3)
     assert_refused(p, (3,))
     assert casfs.out("get-by-label", store, "l") == d1
-    assert snapshot(casfs.root) == before
+    assert snapshot(casfs) == before
 
 
 # ------------------------------------------------------------ rename-label
@@ -583,7 +618,9 @@ def test_gc_grace_zero_removes_unlabelled_keeps_labelled(casfs, store):
     out = casfs.out("gc", "--grace", "0", store)
     assert out.startswith("removed 1 blobs"), out
     casfs.run("exists", store, gone, expect=1)
-    assert not (casfs.root / store / "data" / gone).exists()
+    assert sorted(casfs.out("list-all-content", store).splitlines()) == sorted([kept, kept2])
+    if is_dir_root(casfs):
+        assert not (casfs.root / store / "data" / gone).exists()
     casfs.run("exists", store, kept, expect=0)
     casfs.run("exists", store, kept2, expect=0)
     assert casfs.run("get", store, kept).stdout == b"labelled content"
@@ -600,11 +637,11 @@ def test_gc_dry_run_removes_nothing(casfs, store):
     casfs.out("store-at-label", store, "keep", input=b"labelled")
     gone = casfs.out("store", store, input=b"unlabelled")
     time.sleep(0.01)
-    before = snapshot(casfs.root)
+    before = snapshot(casfs)
     out = casfs.out("gc", "--grace", "0", "--dry-run", store)
     assert out.startswith("would remove 1 blobs"), out
     casfs.run("exists", store, gone, expect=0)
-    assert snapshot(casfs.root) == before
+    assert snapshot(casfs) == before
 
 
 def test_gc_removed_label_content(casfs, store):
@@ -627,6 +664,7 @@ def test_fsck_clean_store_exits_0(casfs, store):
     assert p.stdout == b""
 
 
+@pytest.mark.dir_only  # corrupts a blob file of the backing directory
 def test_fsck_reports_corrupt_blob(casfs, store):
     d = casfs.out("store-at-label", store, "l", input=b"original content")
     corrupt_blob(casfs, store, d, b"tampered content")
@@ -636,6 +674,7 @@ def test_fsck_reports_corrupt_blob(casfs, store):
     assert casfs.run("exists", store, d).returncode == 0  # reported, not moved
 
 
+@pytest.mark.dir_only  # corrupts a blob file of the backing directory
 def test_fsck_repair_quarantines_corrupt_blob(casfs, store):
     d = casfs.out("store-at-label", store, "l", input=b"original content")
     good = casfs.out("store-at-label", store, "fine", input=b"healthy")
@@ -660,6 +699,7 @@ def test_fsck_repair_quarantines_corrupt_blob(casfs, store):
     assert casfs.run("get", store, good).stdout == b"healthy"
 
 
+@pytest.mark.dir_only  # corrupts a blob file of the backing directory
 def test_get_corrupt_blob_fails(casfs, store):
     d = casfs.out("store", store, input=b"original content")
     corrupt_blob(casfs, store, d, b"tampered content")
@@ -667,6 +707,7 @@ def test_get_corrupt_blob_fails(casfs, store):
     assert_one_message(p)
 
 
+@pytest.mark.dir_only  # corrupts a blob file of the backing directory
 def test_get_corrupt_large_blob_fails(casfs, store):
     data = rand_bytes(3 << 20, 4)
     d = casfs.out("store", store, input=data)
@@ -691,11 +732,11 @@ def test_label_expect_conflict_leaves_label(casfs, store):
     d1 = casfs.out("store-at-label", store, "l", input=b"one")
     d2 = casfs.out("store", store, input=b"two")
     d3 = casfs.out("store", store, input=b"three")
-    before = snapshot(casfs.root)
+    before = snapshot(casfs)
     p = casfs.run("label", "--expect", d3, store, "l", d2, expect=3)
     assert_refused(p, (3,))
     assert casfs.out("get-by-label", store, "l") == d1
-    assert snapshot(casfs.root) == before
+    assert snapshot(casfs) == before
 
 
 def test_label_expect_none_on_existing_label_fails(casfs, store):
@@ -752,8 +793,12 @@ def seeded(casfs, store, inputs):
 
 
 def check_refusals(casfs, cmds):
+    # A snapshot of a rados: root takes several commands: one before and
+    # one after all of cmds, instead of around each.
+    each = is_dir_root(casfs)
+    first = snapshot(casfs)
     for cmd in cmds:
-        before = snapshot(casfs.root)
+        before = snapshot(casfs) if each else first
         p = casfs.run(*cmd, expect=None)
         assert p.returncode in (2, 3), (cmd[:3], p.returncode, err_lines(p))
         assert p.stdout == b"", (cmd[:3], p.stdout[:200])
@@ -761,7 +806,10 @@ def check_refusals(casfs, cmds):
             assert_one_message(p)
         except AssertionError as e:
             raise AssertionError(f"{[str(c)[:60] for c in cmd]}: {e}") from None
-        assert snapshot(casfs.root) == before, [str(c)[:60] for c in cmd]
+        if each:
+            assert snapshot(casfs) == before, [str(c)[:60] for c in cmd]
+    if not each:
+        assert snapshot(casfs) == first, [[str(c)[:60] for c in cmd] for cmd in cmds]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS, ids=["hidden", "slash", "dotdot", "256-bytes", "dot", "empty"])
@@ -844,7 +892,9 @@ def test_absent_store_refused(casfs, seeded):
         ("label", "no-such-store", "x", d),
         ("store-at-label", "no-such-store", "x", f),
     ])
-    assert not (casfs.root / "no-such-store").exists()
+    assert "no-such-store" not in casfs.out("stores").splitlines()
+    if is_dir_root(casfs):
+        assert not (casfs.root / "no-such-store").exists()
 
 
 LONGEST_LABEL = "/".join(["n" * 255] * 16)  # 16 components of 255 bytes: 4095 bytes
@@ -946,7 +996,8 @@ def test_help_verb(casfs, verb):
 def test_verb_dash_dash_help(casfs, verb):
     p = casfs.run(verb, "--help")
     assert verb in p.stdout.decode()
-    assert not casfs.root.exists()  # help touches no root
+    # help touches no root (a rados: root would have made its cache directory)
+    assert not os.path.exists(casfs.root if is_dir_root(casfs) else casfs.spec.cache_dir)
 
 
 def test_help_unknown_verb_is_usage_error(casfs):
@@ -967,11 +1018,14 @@ def test_root_from_option_beats_environment(casfs, tmp_path):
     env = clean_env(CASFS_ROOT=tmp_path / "env-root", XDG_DATA_HOME=tmp_path / "xdg",
                     HOME=tmp_path / "home")
     casfs.out("new", "s", env=env)
-    assert (casfs.root / "s" / "data").is_dir()
+    assert casfs.out("stores") == "s"
+    if is_dir_root(casfs):
+        assert (casfs.root / "s" / "data").is_dir()
     assert not (tmp_path / "env-root").exists()
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
 
 
+@pytest.mark.dir_only  # the default roots are directories; --root is not used
 def test_root_from_casfs_root(casfs, tmp_path):
     env = clean_env(CASFS_ROOT=tmp_path / "env-root", XDG_DATA_HOME=tmp_path / "xdg",
                     HOME=tmp_path / "home")
@@ -981,6 +1035,7 @@ def test_root_from_casfs_root(casfs, tmp_path):
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
 
 
+@pytest.mark.dir_only  # the default roots are directories; --root is not used
 def test_root_from_xdg_data_home(casfs, tmp_path):
     env = clean_env(XDG_DATA_HOME=tmp_path / "xdg", HOME=tmp_path / "home")
     assert casfs.out("new", "s", root=False, env=env) == "s"
@@ -989,6 +1044,7 @@ def test_root_from_xdg_data_home(casfs, tmp_path):
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.dir_only  # the default roots are directories; --root is not used
 def test_root_from_home(casfs, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -1000,6 +1056,7 @@ def test_root_from_home(casfs, tmp_path):
     assert casfs.out("get-by-label", "s", "l", root=False, env=env) == d
 
 
+@pytest.mark.dir_only  # the default roots are directories; --root is not used
 def test_no_root_at_all_is_usage_error(casfs):
     p = casfs.run("stores", root=False, env=clean_env(), expect=2)
     assert_refused(p, (2,))
@@ -1045,7 +1102,7 @@ def test_progress_shown_when_stderr_is_a_terminal(casfs, store, inputs):
     t = slow_fifo(fifo)
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([casfs.exe, "--root", str(casfs.root), "store", store, *map(str, files),
+        proc = subprocess.Popen([casfs.exe, *casfs.root_args(), "store", store, *map(str, files),
                                  str(fifo)], stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         slave = -1

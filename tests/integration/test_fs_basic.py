@@ -2,15 +2,17 @@
 and remove them, data/ serves blobs read-only, the digest is an xattr,
 changes made by the command show up, a Theater store mounts as it is, and
 the daemon leaves cleanly on umount.  Every result is checked through the
-mount and in the backing directory."""
+mount and the command, and on the dir backend in the backing directory too."""
 import errno
 import os
 import re
 import stat
 import uuid
 
-from fuse_util import (backing_blobs, backing_labels, expect_errno, how, mounted,  # noqa: F401
-                       mounter, out, poll, require_tool, run, sha1, sha256, staging_files)
+import pytest
+
+from fuse_util import (backing_blobs, backing_labels, cli_blobs, cli_labels, expect_errno, how,  # noqa: F401
+                       mounted, mounter, out, poll, require_tool, run, sha1, sha256, staging_files)
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX40 = re.compile(rb"^[0-9a-f]{40}$")
@@ -24,7 +26,8 @@ def test_mountinfo_and_root_lists_stores(mounted):
     want = sorted([a, b, "by-mkdir"])
     assert sorted(os.listdir(m.mnt)) == want
     assert out("ls", "-1", m.mnt).splitlines() == want
-    assert sorted(p.name for p in m.root.iterdir()) == want
+    if not m.remote:
+        assert sorted(p.name for p in m.root.iterdir()) == want
     for sid in want:
         assert sorted(os.listdir(m.mnt / sid)) == ["data", "incoming", "labels"]
         assert stat.S_ISDIR(os.stat(m.mnt / sid).st_mode)
@@ -36,14 +39,18 @@ def test_mountinfo_and_root_lists_stores(mounted):
 def test_mkdir_makes_sha256_store(mounted):
     m = mounted
     os.mkdir(m.mnt / "fresh")
-    assert (m.root / "fresh" / ".casfs").is_dir()
+    if not m.remote:
+        assert (m.root / "fresh" / ".casfs").is_dir()
+    assert m.casfs.out("stores").splitlines() == ["fresh"]
     assert "algorithm sha256" in m.casfs.out("stats", "fresh").splitlines()
     assert os.listdir(m.mnt / "fresh" / "data") == []
     assert os.listdir(m.mnt / "fresh" / "labels") == []
     with open(m.mnt / "fresh" / "incoming" / "f", "wb") as f:
         f.write(b"some bytes")
-    d = (m.root / "fresh" / "labels" / "f").read_text()
+    d = m.casfs.out("get-by-label", "fresh", "f")
     assert d == sha256(b"some bytes")
+    if not m.remote:
+        assert (m.root / "fresh" / "labels" / "f").read_text() == d
     assert os.listdir(m.mnt / "fresh" / "data") == [d]
 
 
@@ -55,16 +62,24 @@ def test_rmdir_removes_empty_store_and_refuses_non_empty(mounted):
     p = run("rmdir", m.mnt / "full", expect=1)
     assert b"Directory not empty" in p.stderr
     expect_errno(errno.ENOTEMPTY, os.rmdir, m.mnt / "full")
-    assert (m.root / "full" / "labels" / "x").is_file()
+    assert m.casfs.out("list-labels", "full") == "x"
+    if not m.remote:
+        assert (m.root / "full" / "labels" / "x").is_file()
     run("rmdir", m.mnt / "empty")
-    assert not (m.root / "empty").exists()
+    if not m.remote:
+        assert not (m.root / "empty").exists()
     assert sorted(os.listdir(m.mnt)) == ["full"]
     assert m.casfs.out("stores") == "full"
     # A store that holds only an unlabelled blob is not empty either.
     os.unlink(m.mnt / "full" / "incoming" / "x")
-    assert backing_labels(m.root / "full") == {}
+    assert m.casfs.out("list-labels", "full") == ""
+    assert m.casfs.out("list-all-content", "full") == sha256(b"content")
+    if not m.remote:
+        assert backing_labels(m.root / "full") == {}
     run("rmdir", m.mnt / "full", expect=1)
-    assert (m.root / "full").is_dir()
+    assert m.casfs.out("stores") == "full"
+    if not m.remote:
+        assert (m.root / "full").is_dir()
 
 
 def test_data_blobs_are_0444_and_read_correctly(mounted, tmp_path):
@@ -90,8 +105,11 @@ def test_data_blobs_are_0444_and_read_correctly(mounted, tmp_path):
     assert out("stat", "-c", "%a %F", data) == "555 directory"
     assert run("cat", data / ds).stdout == small
     assert run("cat", data / db).stdout == big
-    # Backing directory holds the same raw bytes.
-    assert backing_blobs(m.root / sid) == {ds: small, db: big}
+    # The store (and on the dir backend the backing directory) holds the
+    # same raw bytes.
+    assert cli_blobs(m.casfs, sid) == {ds: small, db: big}
+    if not m.remote:
+        assert backing_blobs(m.root / sid) == {ds: small, db: big}
     # Reads at offsets, twice (the second from the kept page cache).
     for _ in range(2):
         with open(data / db, "rb") as f:
@@ -112,9 +130,12 @@ def test_file_written_in_incoming_appears_everywhere(mounted, tmp_path):
     src.write_bytes(content)
     run("cp", src, m.mnt / sid / "incoming" / "doc")
     d = sha256(content)
-    # Backing: label file holds the digest (no newline), blob the bytes.
-    assert (m.root / sid / "labels" / "doc").read_bytes() == d.encode()
-    assert (m.root / sid / "data" / d).read_bytes() == content
+    assert cli_labels(m.casfs, sid) == {"doc": d}
+    assert m.casfs.run("get", sid, d).stdout == content
+    if not m.remote:
+        # Backing: label file holds the digest (no newline), blob the bytes.
+        assert (m.root / sid / "labels" / "doc").read_bytes() == d.encode()
+        assert (m.root / sid / "data" / d).read_bytes() == content
     # Mount: a symlink in labels/, a blob in data/, a file in incoming/.
     assert os.readlink(m.mnt / sid / "labels" / "doc") == f"../data/{d}"
     assert out("readlink", m.mnt / sid / "labels" / "doc") == f"../data/{d}"
@@ -125,7 +146,8 @@ def test_file_written_in_incoming_appears_everywhere(mounted, tmp_path):
     assert run("cat", m.mnt / sid / "data" / d).stdout == content
     assert out("stat", "-c", "%s %F", m.mnt / sid / "incoming" / "doc") == f"{len(content)} regular file"
     assert m.casfs.out("get-by-label", sid, "doc") == d
-    assert staging_files(m.root / sid) == []
+    if not m.remote:
+        assert staging_files(m.root / sid) == []
 
 
 def test_hash_xattr_on_data_labels_and_incoming(mounted):
@@ -175,11 +197,14 @@ def test_umount_ends_daemon_with_status_0(mounted):
     (m.mnt / "s" / "incoming" / "f").write_bytes(b"before umount")
     require_tool("umount")
     m.unmount(["umount", str(m.mnt)])  # asserts exit status 0
-    assert (m.root / "s" / "labels" / "f").read_text() == sha256(b"before umount")
-    assert staging_files(m.root / "s") == []
+    assert m.casfs.out("get-by-label", "s", "f") == sha256(b"before umount")
+    if not m.remote:
+        assert (m.root / "s" / "labels" / "f").read_text() == sha256(b"before umount")
+        assert staging_files(m.root / "s") == []
     m.casfs.run("fsck", "s")
 
 
+@pytest.mark.dir_only  # a Theater store is a directory layout
 def test_theater_store_mounts_reads_and_writes_its_format(mounter, tmp_path):
     root = tmp_path / "root"
     sid = str(uuid.uuid4())

@@ -1,6 +1,6 @@
 """Refusals and failures of the filesystem (SPEC §4, §5, §6): every refusal
-is the errno fs/ops.c documents, nothing changes in the backing directory
-when something is refused, a read-only mount says EROFS, and a daemon
+is the errno fs/ops.c documents, nothing changes in the store (nor, on the
+dir backend, in the backing directory) when something is refused, a read-only mount says EROFS, and a daemon
 killed in the middle of writes leaves a store that mounts again, has no
 staging debris, and passes fsck."""
 import errno
@@ -8,9 +8,8 @@ import os
 import random
 import threading
 
-from conftest import Casfs
-from fuse_util import (backing_blobs, backing_labels, expect_errno, how, mounted,  # noqa: F401
-                       mounter, mountinfo, poll, run, sha256, staging_files)
+from fuse_util import (backing_blobs, backing_labels, cli_blobs, cli_labels, expect_errno, how,  # noqa: F401
+                       mounted, mounter, mountinfo, poll, run, sha256, staging_files)
 
 
 def snapshot(d):
@@ -26,10 +25,25 @@ def snapshot(d):
     return res
 
 
+def store_snapshot(casfs, sid, bdir=None):
+    """What a store holds, through the command (labels, blobs), and on the
+    dir backend everything under its backing directory."""
+    return cli_labels(casfs, sid), cli_blobs(casfs, sid), None if bdir is None else snapshot(bdir)
+
+
+def root_snapshot(casfs, root):
+    """Every store of a root and what it holds (see store_snapshot); for a
+    directory root (a path) also everything under it."""
+    stores = {sid: store_snapshot(casfs, sid) for sid in casfs.out("stores").splitlines()}
+    return stores, snapshot(root) if isinstance(root, (str, os.PathLike)) else None
+
+
 def store_with_label(m, content=b"blob content"):
+    """(id, path through the mount, backing directory or None for a rados:
+    root, digest)."""
     sid = m.casfs.out("new")
     d = m.casfs.out("store-at-label", sid, "lbl", input=content)
-    return sid, m.mnt / sid, m.root / sid, d
+    return (sid, *m.store(sid), d)
 
 
 def test_data_refuses_every_change(mounted):
@@ -37,7 +51,7 @@ def test_data_refuses_every_change(mounted):
     sid, mdir, bdir, d = store_with_label(m)
     data = mdir / "data"
     blob = data / d
-    before = snapshot(bdir)
+    before = store_snapshot(m.casfs, sid, bdir)
     other = sha256(b"absent")
     # Opening for writing: EACCES (fs/ops.c op_open).
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC, os.O_RDWR | os.O_APPEND):
@@ -67,7 +81,7 @@ def test_data_refuses_every_change(mounted):
     p = run("dd", "if=/dev/zero", f"of={blob}", "bs=1", "count=1", "conv=notrunc", "status=none", expect=1)
     assert b"Permission denied" in p.stderr, p.stderr
     # Nothing changed, anywhere.
-    assert snapshot(bdir) == before
+    assert store_snapshot(m.casfs, sid, bdir) == before
     assert os.listdir(data) == [d]
     assert blob.read_bytes() == b"blob content"
     assert oct(os.stat(blob).st_mode & 0o7777) == oct(0o444)
@@ -76,7 +90,7 @@ def test_data_refuses_every_change(mounted):
 def test_fixed_directories_refuse_changes(mounted):
     m = mounted
     sid, mdir, bdir, d = store_with_label(m)
-    before = snapshot(m.root)
+    before = root_snapshot(m.casfs, m.root)
     for sub in ("data", "labels", "incoming"):
         expect_errno(errno.EPERM, os.rmdir, mdir / sub)
         expect_errno(errno.EPERM, os.rename, mdir / sub, mdir / "renamed")
@@ -96,8 +110,11 @@ def test_fixed_directories_refuse_changes(mounted):
     # Other xattrs than the hash.
     expect_errno(errno.ENODATA, os.getxattr, mdir / "incoming" / "lbl", "user.other")
     expect_errno(errno.EOPNOTSUPP, os.setxattr, mdir / "incoming" / "lbl", "user.other", b"v")
-    after = snapshot(m.root)
-    assert {k: v for k, v in after.items() if not k.startswith(other)} == before
+    stores, files = root_snapshot(m.casfs, m.root)
+    assert stores.pop(other) == ({}, {}, None)
+    if files is not None:
+        files = {k: v for k, v in files.items() if not k.startswith(other)}
+    assert (stores, files) == before
 
 
 def test_absent_and_malformed_names_are_enoent(mounted):
@@ -133,7 +150,9 @@ def test_absent_and_malformed_names_are_enoent(mounted):
     assert sorted(os.listdir(m.mnt)) == sorted([sid, other])
     expect_errno(errno.ENOENT, os.open, m.mnt / "no-such-store" / "incoming" / "x",
                  os.O_CREAT | os.O_WRONLY, 0o644)
-    assert not (m.root / "no-such-store").exists()
+    assert sorted(m.casfs.out("stores").splitlines()) == sorted([sid, other])
+    if not m.remote:
+        assert not (m.root / "no-such-store").exists()
 
 
 def test_bad_store_and_label_names(mounted):
@@ -143,27 +162,30 @@ def test_bad_store_and_label_names(mounted):
     expect_errno(errno.EINVAL, os.mkdir, m.mnt / ".hidden")
     expect_errno(errno.ENAMETOOLONG, os.mkdir, m.mnt / ("x" * 256))
     os.mkdir(m.mnt / ("y" * 255))  # the longest valid id
-    assert sorted(os.listdir(m.root)) == sorted(["s", "y" * 255])
+    assert sorted(os.listdir(m.mnt)) == sorted(["s", "y" * 255])
+    assert sorted(m.casfs.out("stores").splitlines()) == sorted(["s", "y" * 255])
+    if not m.remote:
+        assert sorted(os.listdir(m.root)) == sorted(["s", "y" * 255])
     inc = m.mnt / "s" / "incoming"
     long = "n" * 256
     expect_errno(errno.ENAMETOOLONG, os.open, inc / long, os.O_CREAT | os.O_WRONLY, 0o644)
     expect_errno(errno.ENAMETOOLONG, os.mkdir, inc / long)
     with open(inc / ("n" * 255), "wb") as f:  # the longest valid component
         f.write(b"long name")
-    assert backing_labels(m.root / "s") == {"n" * 255: sha256(b"long name").encode()}
+    assert cli_labels(m.casfs, "s") == {"n" * 255: sha256(b"long name")}
+    if not m.remote:
+        assert backing_labels(m.root / "s") == {"n" * 255: sha256(b"long name").encode()}
     expect_errno(errno.ENOENT, os.rmdir, m.mnt / "nothing")
 
 
-def test_read_only_mount_refuses_writes_with_erofs(mounter, casfs_bin, tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    c = Casfs(casfs_bin, root)
+def test_read_only_mount_refuses_writes_with_erofs(mounter, casfs, root_spec):
+    c = casfs
     sid = c.out("new")
     d = c.out("store-at-label", sid, "lbl", input=b"read only")
-    m = mounter(root=root, opts=["ro"])
+    m = mounter(opts=["ro"])
     assert "ro" in mountinfo(m.mnt)["options"]
     mdir = m.mnt / sid
-    before = snapshot(root)
+    before = root_snapshot(c, root_spec)
     # Reading works.
     assert (mdir / "incoming" / "lbl").read_bytes() == b"read only"
     assert (mdir / "labels" / "lbl").read_bytes() == b"read only"
@@ -187,7 +209,7 @@ def test_read_only_mount_refuses_writes_with_erofs(mounter, casfs_bin, tmp_path)
     expect_errno(E, os.utime, mdir / "incoming" / "lbl", (1, 1))
     p = run("cp", "/etc/hostname", mdir / "incoming" / "x", expect=1)
     assert b"Read-only file system" in p.stderr, p.stderr
-    assert snapshot(root) == before
+    assert root_snapshot(c, root_spec) == before
 
 
 def test_daemon_killed_mid_writes_leaves_consistent_store(mounter):
@@ -235,12 +257,16 @@ def test_daemon_killed_mid_writes_leaves_consistent_store(mounter):
             pass  # ENOTCONN: the daemon is gone
     assert rc == -9
     assert not any(t.is_alive() for t in threads), "a writer is stuck on the dead mount"
-    assert staging_files(bdir), "no version was being written when the daemon died"
+    if bdir is not None:  # a rados: root stages in unlinked files (O_TMPFILE)
+        assert staging_files(bdir), "no version was being written when the daemon died"
 
     # Every file whose close returned 0 before the kill is there (its own
     # version or a later one of the same writer).
-    labels = backing_labels(bdir)
-    blobs = backing_blobs(bdir)
+    labels = {k: v.encode() for k, v in cli_labels(m.casfs, "s").items()}
+    blobs = cli_blobs(m.casfs, "s")
+    if bdir is not None:
+        assert backing_labels(bdir) == labels
+        assert backing_blobs(bdir) == blobs
     for k, name, body in done:
         assert name in labels, name
     assert "held" not in labels
@@ -254,7 +280,8 @@ def test_daemon_killed_mid_writes_leaves_consistent_store(mounter):
     names = sorted(os.listdir(mdir2 / "incoming" / "w"))
     assert names == sorted(n.split("/")[1] for n in labels), names
     # The remounted daemon cleared the dead one's staging files.
-    assert staging_files(bdir) == []
+    if bdir is not None:
+        assert staging_files(bdir) == []
     for name, d in labels.items():
         assert os.readlink(mdir2 / "labels" / name) == f"../../data/{d.decode()}"
         body = (mdir2 / "incoming" / name).read_bytes()
@@ -262,4 +289,6 @@ def test_daemon_killed_mid_writes_leaves_consistent_store(mounter):
     m2.casfs.run("fsck", "s")
     # The store works after the crash.
     (mdir2 / "incoming" / "after").write_bytes(b"after the crash")
-    assert (bdir / "labels" / "after").read_text() == sha256(b"after the crash")
+    assert m2.casfs.out("get-by-label", "s", "after") == sha256(b"after the crash")
+    if bdir is not None:
+        assert (bdir / "labels" / "after").read_text() == sha256(b"after the crash")

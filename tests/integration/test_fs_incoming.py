@@ -2,32 +2,62 @@
 labelled before close(2) returns; open handles share one staged version
 with ordinary POSIX behaviour; fsync commits at once; readers that opened
 before a commit keep the old content; mode and mtime are kept so cp -a,
-rsync -a and tar succeed.  Every result is checked through the mount and in
-the backing directory (labels/NAME holds the digest, data/DIGEST the bytes)."""
+rsync -a and tar succeed.  Every result is checked through the mount and
+with the command, and on the dir backend in the backing directory too
+(labels/NAME holds the digest, data/DIGEST the bytes)."""
 import json
 import os
 import random
 import threading
 
-from fuse_util import (backing_blobs, backing_labels, how, mounted, mounter,  # noqa: F401
-                       out, poll, require_tool, run, sha256, staging_files)
+from fuse_util import (backing_blobs, backing_labels, cli_blobs, cli_labels, how, mounted,  # noqa: F401
+                       mounter, out, poll, require_tool, run, sha256, staging_files)
 
 
 def fresh(m):
+    """(id, path through the mount, backing directory or None for a rados:
+    root) of a new store."""
     sid = m.casfs.out("new")
-    return sid, m.mnt / sid, m.root / sid
+    return (sid, *m.store(sid))
 
 
-def committed(bdir, name):
-    """The content the backing store holds under label name (None if no
-    label), checking that the label names a blob hashing to it."""
-    lf = bdir / "labels" / name
-    if not lf.exists():
+def committed(m, sid, bdir, name):
+    """The content the store holds under label name (None if no label),
+    asked of the command, checking that the label names a blob hashing to
+    it; on the dir backend the backing files must say the same."""
+    p = m.casfs.run("get-by-label", sid, name, expect=None)
+    assert p.returncode in (0, 1), p
+    d = p.stdout.decode().strip() if p.returncode == 0 else None
+    if bdir is not None:
+        lf = bdir / "labels" / name
+        assert lf.exists() == (d is not None), f"label file {name} vs get-by-label {d}"
+        if d is not None:
+            assert lf.read_text() == d
+    if d is None:
         return None
-    d = lf.read_text()
-    blob = (bdir / "data" / d).read_bytes()
+    blob = m.casfs.run("get", sid, d).stdout
     assert sha256(blob) == d, f"blob {d} does not hash to its name"
+    if bdir is not None:
+        assert (bdir / "data" / d).read_bytes() == blob
     return blob
+
+
+def labels_of(m, sid, bdir):
+    """name -> digest of every label of the store, through the command; on
+    the dir backend the label files must hold the same bare digests."""
+    got = cli_labels(m.casfs, sid)
+    if bdir is not None:
+        assert backing_labels(bdir) == {k: v.encode() for k, v in got.items()}
+    return got
+
+
+def blobs_of(m, sid, bdir):
+    """digest -> bytes of every blob of the store, through the command; on
+    the dir backend data/ must hold the same."""
+    got = cli_blobs(m.casfs, sid)
+    if bdir is not None:
+        assert backing_blobs(bdir) == got
+    return got
 
 
 def commits_of(m, sid, label):
@@ -73,20 +103,21 @@ def make_tree(src):
     return files
 
 
-def check_tree_in_store(bdir, prefix, files):
+def check_tree_in_store(m, sid, bdir, prefix, files):
     # An empty file is committed when the kernel releases it, which may be
     # just after the copying tool exited (the bug that
     # test_empty_file_and_truncation_commit_before_close_returns shows):
     # wait for it, boundedly, so that these tests are about the tools.
     want = sorted(f"{prefix}/{r}" for r in files)
-    poll(lambda: sorted(k for k in backing_labels(bdir) if k.startswith(prefix + "/")) == want,
+    poll(lambda: sorted(k for k in m.casfs.out("list-labels", sid).splitlines()
+                        if k.startswith(prefix + "/")) == want,
          2.0, f"the labels of {prefix}/")
-    labels = backing_labels(bdir)
-    blobs = backing_blobs(bdir)
+    labels = labels_of(m, sid, bdir)
+    blobs = blobs_of(m, sid, bdir)
     for rel, body in files.items():
         d = labels.get(f"{prefix}/{rel}")
-        assert d == sha256(body).encode(), rel
-        assert blobs[d.decode()] == body, rel
+        assert d == sha256(body), rel
+        assert blobs[d] == body, rel
     # No temporary names (rsync's .name.XXXXXX, ...) were left as labels.
     assert sorted(k for k in labels if k.startswith(prefix + "/")) == sorted(f"{prefix}/{r}" for r in files)
 
@@ -117,14 +148,16 @@ def test_close_commits_before_returning(mounted):
         body = os.urandom(size)
         f = open(mdir / "incoming" / f"f{i}", "wb")
         f.write(body)
-        assert committed(bdir, f"f{i}") is None  # not before close ...
+        assert committed(m, sid, bdir, f"f{i}") is None  # not before close ...
         f.close()
-        assert committed(bdir, f"f{i}") == body  # ... but as soon as it returns
-        assert (bdir / "labels" / f"f{i}").read_bytes() == sha256(body).encode()
+        assert committed(m, sid, bdir, f"f{i}") == body  # ... but as soon as it returns
+        if bdir is not None:
+            assert (bdir / "labels" / f"f{i}").read_bytes() == sha256(body).encode()
         assert (mdir / "incoming" / f"f{i}").read_bytes() == body
         assert os.readlink(mdir / "labels" / f"f{i}") == f"../data/{sha256(body)}"
         assert os.stat(mdir / "incoming" / f"f{i}").st_size == size
-    assert staging_files(bdir) == []
+    if bdir is not None:
+        assert staging_files(bdir) == []
 
 
 def test_empty_file_and_truncation_commit_before_close_returns(mounted):
@@ -135,15 +168,15 @@ def test_empty_file_and_truncation_commit_before_close_returns(mounted):
     sid, mdir, bdir = fresh(m)
     inc = mdir / "incoming"
     run("touch", inc / "touched")
-    assert committed(bdir, "touched") == b""
+    assert committed(m, sid, bdir, "touched") == b""
     assert m.casfs.out("get-by-label", sid, "touched") == sha256(b"")
     for i in range(5):
         fd = os.open(inc / f"opened{i}", os.O_CREAT | os.O_WRONLY, 0o644)
         os.close(fd)
-        assert committed(bdir, f"opened{i}") == b"", f"opened{i}"
+        assert committed(m, sid, bdir, f"opened{i}") == b"", f"opened{i}"
     (inc / "full").write_bytes(b"some content")
     run("sh", "-c", f": > '{inc / 'full'}'")
-    assert committed(bdir, "full") == b""
+    assert committed(m, sid, bdir, "full") == b""
     assert os.readlink(mdir / "labels" / "full") == f"../data/{sha256(b'')}"
 
 
@@ -152,11 +185,11 @@ def test_shell_redirection_and_append(mounted):
     sid, mdir, bdir = fresh(m)
     f = mdir / "incoming" / "log"
     run("sh", "-c", f"printf 'one\\n' > '{f}'")
-    assert committed(bdir, "log") == b"one\n"
+    assert committed(m, sid, bdir, "log") == b"one\n"
     run("sh", "-c", f"printf 'two\\n' >> '{f}'")
-    assert committed(bdir, "log") == b"one\ntwo\n"
+    assert committed(m, sid, bdir, "log") == b"one\ntwo\n"
     run("sh", "-c", f"printf 'three\\n' > '{f}'")
-    assert committed(bdir, "log") == b"three\n"
+    assert committed(m, sid, bdir, "log") == b"three\n"
     assert run("cat", f).stdout == b"three\n"
 
 
@@ -168,20 +201,20 @@ def test_open_without_trunc_starts_from_current_content(mounted):
     fd = os.open(p, os.O_WRONLY)
     assert os.write(fd, b"ab") == 2
     os.close(fd)
-    assert committed(bdir, "x") == b"ab23456789"
+    assert committed(m, sid, bdir, "x") == b"ab23456789"
     with open(p, "r+b") as f:
         assert f.read() == b"ab23456789"
         f.seek(8)
         f.write(b"YZ!")
-    assert committed(bdir, "x") == b"ab234567YZ!"
+    assert committed(m, sid, bdir, "x") == b"ab234567YZ!"
     with open(p, "ab") as f:
         f.write(b"+tail")
-    assert committed(bdir, "x") == b"ab234567YZ!+tail"
+    assert committed(m, sid, bdir, "x") == b"ab234567YZ!+tail"
     assert p.read_bytes() == b"ab234567YZ!+tail"
     # Opening for writing and closing without writing changes nothing.
     n = len(commits_of(m, sid, "x"))
     os.close(os.open(p, os.O_WRONLY))
-    assert committed(bdir, "x") == b"ab234567YZ!+tail"
+    assert committed(m, sid, bdir, "x") == b"ab234567YZ!+tail"
     assert len(commits_of(m, sid, "x")) == n
 
 
@@ -214,14 +247,14 @@ def test_seek_overwrite_truncate_read_back_before_close(mounted):
         assert os.pread(f.fileno(), 20, 69_995) == bytes(expect[69_995:70_015])
         f.seek(0)
         assert f.read() == expect
-        assert committed(bdir, "edit") is None
-    assert committed(bdir, "edit") == expect
+        assert committed(m, sid, bdir, "edit") is None
+    assert committed(m, sid, bdir, "edit") == expect
     assert p.read_bytes() == expect
     # truncate(2) of a closed file commits at once.
     os.truncate(p, 10)
-    assert committed(bdir, "edit") == expect[:10]
+    assert committed(m, sid, bdir, "edit") == expect[:10]
     os.truncate(p, 0)
-    assert committed(bdir, "edit") == b""
+    assert committed(m, sid, bdir, "edit") == b""
     assert p.read_bytes() == b""
 
 
@@ -233,16 +266,16 @@ def test_dd_seek_and_notrunc(mounted, tmp_path):
     patch = tmp_path / "patch"
     patch.write_bytes(b"XYZ")
     run("dd", f"if={patch}", f"of={p}", "bs=1", "seek=3", "conv=notrunc", "status=none")
-    assert committed(bdir, "img") == b"abcXYZghij"
+    assert committed(m, sid, bdir, "img") == b"abcXYZghij"
     run("dd", f"if={patch}", f"of={p}", "bs=1", "seek=12", "conv=notrunc", "status=none")
-    assert committed(bdir, "img") == b"abcXYZghij\0\0XYZ"
+    assert committed(m, sid, bdir, "img") == b"abcXYZghij\0\0XYZ"
     run("dd", f"if={patch}", f"of={p}", "bs=1", "seek=2", "status=none")  # truncates at 2
-    assert committed(bdir, "img") == b"abXYZ"
+    assert committed(m, sid, bdir, "img") == b"abXYZ"
     assert run("cat", p).stdout == b"abXYZ"
     big = os.urandom(1 << 20)
     (tmp_path / "big").write_bytes(big)
     run("dd", f"if={tmp_path / 'big'}", f"of={p}", "bs=64k", "seek=2", "conv=notrunc", "status=none")
-    assert committed(bdir, "img") == b"abXYZ" + bytes(2 * 65536 - 5) + big
+    assert committed(m, sid, bdir, "img") == b"abXYZ" + bytes(2 * 65536 - 5) + big
 
 
 def test_fsync_commits_while_open(mounted):
@@ -253,19 +286,19 @@ def test_fsync_commits_while_open(mounted):
         f.write(b"first part")
         f.flush()
         os.fsync(f.fileno())
-        assert committed(bdir, "j") == b"first part"  # still open
+        assert committed(m, sid, bdir, "j") == b"first part"  # still open
         assert os.readlink(mdir / "labels" / "j") == f"../data/{sha256(b'first part')}"
         n = len(commits_of(m, sid, "j"))
         f.write(b", second part")
         f.flush()
         os.fsync(f.fileno())
-        assert committed(bdir, "j") == b"first part, second part"
+        assert committed(m, sid, bdir, "j") == b"first part, second part"
         assert len(commits_of(m, sid, "j")) == n + 1
         os.fsync(f.fileno())  # nothing written since: no new commit
         os.fdatasync(f.fileno())
     finally:
         f.close()
-    assert committed(bdir, "j") == b"first part, second part"
+    assert committed(m, sid, bdir, "j") == b"first part, second part"
     # The close after an fsync with nothing written since commits nothing.
     assert len(commits_of(m, sid, "j")) == n + 1
 
@@ -289,9 +322,9 @@ def test_handles_share_one_version_until_the_last_close(mounted):
         r = open(p, "rb")  # a reader: the committed version only
         assert r.read() == b"committed"
         w.close()
-        assert committed(bdir, "shared") == b"committed"  # rw is still open
+        assert committed(m, sid, bdir, "shared") == b"committed"  # rw is still open
         rw.close()  # the last writable handle: commits
-        assert committed(bdir, "shared") == b"STAGEDted"
+        assert committed(m, sid, bdir, "shared") == b"STAGEDted"
         r.seek(0)
         assert r.read() == b"committed"  # opened before the commit
     finally:
@@ -314,12 +347,12 @@ def test_two_writers_share_one_version(mounted):
         assert os.pread(b, 100, 0) == b"AA......BB"
         os.close(a)
         a = None
-        assert committed(bdir, "two") == b".........."  # b still open
+        assert committed(m, sid, bdir, "two") == b".........."  # b still open
     finally:
         if a is not None:
             os.close(a)
         os.close(b)
-    assert committed(bdir, "two") == b"AA......BB"
+    assert committed(m, sid, bdir, "two") == b"AA......BB"
 
 
 def test_reader_opened_before_commit_keeps_old_content(mounted):
@@ -335,7 +368,7 @@ def test_reader_opened_before_commit_keeps_old_content(mounted):
         assert r2.read(10) == b"O" * 10  # one reader has started reading
         with open(p, "wb") as w:
             w.write(new)
-        assert committed(bdir, "doc") == new
+        assert committed(m, sid, bdir, "doc") == new
         assert r.read() == old
         assert r2.read() == old[10:]
         r.seek(0)
@@ -353,15 +386,15 @@ def test_hard_link_makes_second_label(mounted):
     p = mdir / "incoming" / "orig"
     p.write_bytes(b"linked content")
     os.link(p, mdir / "incoming" / "copy")
-    d = sha256(b"linked content").encode()
-    assert backing_labels(bdir) == {"orig": d, "copy": d}
+    d = sha256(b"linked content")
+    assert labels_of(m, sid, bdir) == {"orig": d, "copy": d}
     assert (mdir / "incoming" / "copy").read_bytes() == b"linked content"
     run("ln", mdir / "incoming" / "orig", mdir / "incoming" / "third")
-    assert backing_labels(bdir)["third"] == d
+    assert labels_of(m, sid, bdir)["third"] == d
     # They are separate labels: changing one leaves the others.
     (mdir / "incoming" / "copy").write_bytes(b"changed")
-    assert committed(bdir, "orig") == b"linked content"
-    assert committed(bdir, "copy") == b"changed"
+    assert committed(m, sid, bdir, "orig") == b"linked content"
+    assert committed(m, sid, bdir, "copy") == b"changed"
 
 
 def test_rm_mv_mkdir_in_incoming(mounted):
@@ -371,18 +404,22 @@ def test_rm_mv_mkdir_in_incoming(mounted):
     (inc / "a").write_bytes(b"A")
     (inc / "b").write_bytes(b"B")
     run("mv", inc / "a", inc / "c")
-    assert backing_labels(bdir) == {"b": sha256(b"B").encode(), "c": sha256(b"A").encode()}
+    assert labels_of(m, sid, bdir) == {"b": sha256(b"B"), "c": sha256(b"A")}
     run("mv", "-f", inc / "c", inc / "b")  # replaces b
-    assert backing_labels(bdir) == {"b": sha256(b"A").encode()}
+    assert labels_of(m, sid, bdir) == {"b": sha256(b"A")}
     assert (inc / "b").read_bytes() == b"A"
     run("mkdir", "-p", inc / "d" / "e")
-    assert (bdir / "labels" / "d" / "e").is_dir()
+    assert os.path.isdir(mdir / "labels" / "d" / "e")
+    if bdir is not None:
+        assert (bdir / "labels" / "d" / "e").is_dir()
     run("mv", inc / "b", inc / "d" / "e" / "b")
     assert os.readlink(mdir / "labels" / "d" / "e" / "b") == f"../../../data/{sha256(b'A')}"
     run("rm", inc / "d" / "e" / "b")
-    assert backing_labels(bdir) == {}
+    assert labels_of(m, sid, bdir) == {}
     run("rm", "-r", inc / "d")
-    assert os.listdir(inc) == [] and os.listdir(bdir / "labels") == []
+    assert os.listdir(inc) == [] and os.listdir(mdir / "labels") == []
+    if bdir is not None:
+        assert os.listdir(bdir / "labels") == []
     assert (mdir / "data" / sha256(b"A")).read_bytes() == b"A"  # blobs stay
 
 
@@ -401,7 +438,7 @@ def test_open_file_replaced_by_mv_stays_usable(mounted):
         assert os.fstat(fd).st_size == len(b"old b")
     finally:
         os.close(fd)
-    assert committed(bdir, "b") == b"new content from a"
+    assert committed(m, sid, bdir, "b") == b"new content from a"
 
 
 def test_writer_on_name_replaced_by_mv_leaves_no_stray_label(mounted):
@@ -419,9 +456,9 @@ def test_writer_on_name_replaced_by_mv_leaves_no_stray_label(mounted):
         os.rename(inc / "a", inc / "b")
     finally:
         w.close()
-    assert sorted(backing_labels(bdir)) == ["b"], backing_labels(bdir)
+    assert sorted(labels_of(m, sid, bdir)) == ["b"], labels_of(m, sid, bdir)
     assert sorted(os.listdir(inc)) == ["b"]
-    assert committed(bdir, "b") == b"new content from a"
+    assert committed(m, sid, bdir, "b") == b"new content from a"
 
 
 # ------------------------------------------------------------- attributes
@@ -450,7 +487,7 @@ def test_chmod_and_utime_are_kept(mounter):
         os.utime(f.fileno(), ns=(1_300_000_000_000_000_000, 1_300_000_000_000_000_001))
     st = os.stat(mdir / "incoming" / "g")
     assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, 1_300_000_000_000_000_001)
-    assert committed(bdir, "g") == b"g content"
+    assert committed(m, sid, bdir, "g") == b"g content"
     # Kept per label, across a new version of the content and a remount.
     p.write_bytes(b"new content keeps the mode")
     assert os.stat(p).st_mode & 0o7777 == 0o755
@@ -467,7 +504,7 @@ def test_cp_r_of_a_tree(mounted, tmp_path):
     src = tmp_path / "src"
     files = make_tree(src)
     run("cp", "-r", src, mdir / "incoming" / "tree")
-    check_tree_in_store(bdir, "tree", files)
+    check_tree_in_store(m, sid, bdir, "tree", files)
     for rel, body in files.items():
         assert (mdir / "incoming" / "tree" / rel).read_bytes() == body
         assert (mdir / "labels" / "tree" / rel).read_bytes() == body
@@ -482,7 +519,7 @@ def test_cp_a_preserves_mode_and_mtime(mounted, tmp_path):
     files = make_tree(src)
     p = run("cp", "-a", src, mdir / "incoming" / "tree")
     assert p.stderr == b""
-    check_tree_in_store(bdir, "tree", files)
+    check_tree_in_store(m, sid, bdir, "tree", files)
     compare_trees(src, mdir / "incoming" / "tree")
     # And a single file into an existing name.
     run("cp", "-a", src / "bin" / "tool", mdir / "incoming" / "README-replaced")
@@ -498,7 +535,7 @@ def test_rsync_a_of_a_tree(mounted, tmp_path):
     files = make_tree(src)
     dst = mdir / "incoming" / "mirror"
     run("rsync", "-a", f"{src}/", f"{dst}/")
-    check_tree_in_store(bdir, "mirror", files)
+    check_tree_in_store(m, sid, bdir, "mirror", files)
     compare_trees(src, dst)
     # A second run finds nothing to do and still succeeds.
     p = run("rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/")
@@ -507,7 +544,7 @@ def test_rsync_a_of_a_tree(mounted, tmp_path):
     (src / "doc" / "a" / "b" / "deep.txt").write_bytes(b"updated\n")
     files["doc/a/b/deep.txt"] = b"updated\n"
     run("rsync", "-a", f"{src}/", f"{dst}/")
-    check_tree_in_store(bdir, "mirror", files)
+    check_tree_in_store(m, sid, bdir, "mirror", files)
     compare_trees(src, dst)
     # And back out of the mount.
     back = tmp_path / "back"
@@ -525,11 +562,11 @@ def test_tar_x_into_incoming(mounted, tmp_path):
     os.mkdir(mdir / "incoming" / "x")
     p = run("tar", "-C", mdir / "incoming" / "x", "-xf", arch)
     assert p.stderr == b""
-    check_tree_in_store(bdir, "x", files)
+    check_tree_in_store(m, sid, bdir, "x", files)
     compare_trees(src, mdir / "incoming" / "x", mtime_ns=False)
     # Extracting again over the same names succeeds too.
     run("tar", "-C", mdir / "incoming" / "x", "-xf", arch)
-    check_tree_in_store(bdir, "x", files)
+    check_tree_in_store(m, sid, bdir, "x", files)
     # And tar reads the tree back out through the mount.
     listing = out("tar", "-tvf", arch)
     arch2 = tmp_path / "back.tar"
@@ -574,12 +611,13 @@ def test_concurrent_writers_leave_one_complete_version(mounted):
         for t in threads:
             t.join(timeout=60)
         assert not errors, errors
-        got = committed(bdir, "contended")
+        got = committed(m, sid, bdir, "contended")
         assert got in bodies, f"round {rnd}: the label holds none of the {n} versions (size {len(got or b'')})"
         assert p.read_bytes() == got
         assert os.getxattr(p, "user.casfs.hash") == sha256(got).encode()
         # Every version that reached data/ is complete.
-        for d, blob in backing_blobs(bdir).items():
+        for d, blob in blobs_of(m, sid, bdir).items():
             assert blob in every, f"round {rnd}: blob {d} is no writer's full content"
-    assert staging_files(bdir) == []
+    if bdir is not None:
+        assert staging_files(bdir) == []
     m.casfs.run("fsck", sid)

@@ -1,27 +1,37 @@
 """labels/ (SPEC §4): symlinks to ../data/<hash>; ln -s sets a label only
 when the target names a blob of this store, ln -sf replaces, rm removes, mv
 renames atomically, mkdir/rmdir make label directories, and a nested label
-points one ../ further up.  Checked with the tools, through the mount and in
-the backing directory."""
+points one ../ further up.  Checked with the tools, through the mount, with
+the command, and on the dir backend in the backing directory."""
 import errno
 import os
 import threading
 
-from fuse_util import (backing_labels, expect_errno, how, mounted, mounter,  # noqa: F401
+from fuse_util import (backing_labels, cli_labels, expect_errno, how, mounted, mounter,  # noqa: F401
                        out, run, sha256)
 
 
 def setup_store(m, contents=(b"one", b"two", b"three")):
+    """(id, path through the mount, backing directory or None for a
+    rados: root, digests of contents)."""
     sid = m.casfs.out("new")
     digests = [m.casfs.out("store", sid, input=c) for c in contents]
-    return sid, m.mnt / sid, m.root / sid, digests
+    return (sid, *m.store(sid), digests)
+
+
+def assert_labels(m, sid, bdir, want):
+    """The store's labels are want (name -> digest): through the command,
+    and on the dir backend as label files holding the bare digest."""
+    assert cli_labels(m.casfs, sid) == want
+    if bdir is not None:
+        assert backing_labels(bdir) == {k: v.encode() for k, v in want.items()}
 
 
 def test_ln_s_sets_label(mounted):
     m = mounted
     sid, mdir, bdir, (d1, d2, _) = setup_store(m)
     run("ln", "-s", f"../data/{d1}", mdir / "labels" / "x")
-    assert (bdir / "labels" / "x").read_bytes() == d1.encode()
+    assert_labels(m, sid, bdir, {"x": d1})
     assert os.readlink(mdir / "labels" / "x") == f"../data/{d1}"
     assert out("readlink", mdir / "labels" / "x") == f"../data/{d1}"
     assert out("readlink", "-f", mdir / "labels" / "x") == str(mdir / "data" / d1)
@@ -33,7 +43,7 @@ def test_ln_s_sets_label(mounted):
     assert os.listdir(mdir / "labels") == ["x"] == os.listdir(mdir / "incoming")
     # Python's os.symlink too.
     os.symlink(f"../data/{d2}", mdir / "labels" / "y")
-    assert backing_labels(bdir) == {"x": d1.encode(), "y": d2.encode()}
+    assert_labels(m, sid, bdir, {"x": d1, "y": d2})
 
 
 def test_ln_s_refuses_bad_targets(mounted):
@@ -61,13 +71,13 @@ def test_ln_s_refuses_bad_targets(mounted):
     assert b"Invalid argument" in p.stderr, p.stderr
     p = run("ln", "-s", f"../data/{absent}", labels / "bad", expect=1)
     assert b"No such file or directory" in p.stderr, p.stderr
-    assert backing_labels(bdir) == {}
+    assert_labels(m, sid, bdir, {})
     assert os.listdir(labels) == []
     # A blob of another store is not a blob of this one.
     other = m.casfs.out("new")
     dother = m.casfs.out("store", other, input=b"only in the other store")
     expect_errno(errno.ENOENT, os.symlink, f"../data/{dother}", labels / "bad")
-    assert backing_labels(bdir) == {}
+    assert_labels(m, sid, bdir, {})
 
 
 def test_ln_sf_replaces_and_ln_s_refuses_existing(mounted):
@@ -78,14 +88,14 @@ def test_ln_sf_replaces_and_ln_s_refuses_existing(mounted):
     p = run("ln", "-s", f"../data/{d2}", x, expect=1)
     assert b"File exists" in p.stderr
     expect_errno(errno.EEXIST, os.symlink, f"../data/{d2}", x)
-    assert (bdir / "labels" / "x").read_bytes() == d1.encode()
+    assert_labels(m, sid, bdir, {"x": d1})
     run("ln", "-sf", f"../data/{d2}", x)
-    assert (bdir / "labels" / "x").read_bytes() == d2.encode()
+    assert_labels(m, sid, bdir, {"x": d2})
     assert os.readlink(x) == f"../data/{d2}"
     assert (mdir / "incoming" / "x").read_bytes() == b"two"
     run("ln", "-sfn", f"../data/{d3}", x)
     assert os.readlink(x) == f"../data/{d3}"
-    assert backing_labels(bdir) == {"x": d3.encode()}  # no temporary names left
+    assert_labels(m, sid, bdir, {"x": d3})  # no temporary names left
     assert os.listdir(mdir / "labels") == ["x"]
 
 
@@ -96,8 +106,11 @@ def test_rm_removes_label_but_not_blob(mounted):
     run("rm", mdir / "labels" / "x")
     assert not os.path.lexists(mdir / "labels" / "x")
     assert not os.path.lexists(mdir / "incoming" / "x")
-    assert not (bdir / "labels" / "x").exists()
+    assert_labels(m, sid, bdir, {})
+    if bdir is not None:
+        assert not (bdir / "labels" / "x").exists()
     assert (mdir / "data" / d1).read_bytes() == b"one"
+    assert d1 in m.casfs.out("list-all-content", sid).splitlines()
     expect_errno(errno.ENOENT, os.unlink, mdir / "labels" / "x")
     p = run("rm", mdir / "labels" / "x", expect=1)
     assert b"No such file or directory" in p.stderr
@@ -110,26 +123,26 @@ def test_mv_renames(mounted):
     L = mdir / "labels"
     run("ln", "-s", f"../data/{d1}", L / "a")
     run("mv", L / "a", L / "b")
-    assert backing_labels(bdir) == {"b": d1.encode()}
+    assert_labels(m, sid, bdir, {"b": d1})
     assert os.listdir(L) == ["b"]
     assert os.readlink(L / "b") == f"../data/{d1}"
     # mv over an existing label replaces it.
     run("ln", "-s", f"../data/{d2}", L / "c")
     run("mv", "-f", L / "c", L / "b")
-    assert backing_labels(bdir) == {"b": d2.encode()}
+    assert_labels(m, sid, bdir, {"b": d2})
     assert os.readlink(L / "b") == f"../data/{d2}"
     # Into and out of a label directory: the target gains or loses a ../.
     os.mkdir(L / "dir")
     run("mv", L / "b", L / "dir" / "b")
     assert os.readlink(L / "dir" / "b") == f"../../data/{d2}"
-    assert backing_labels(bdir) == {"dir/b": d2.encode()}
+    assert_labels(m, sid, bdir, {"dir/b": d2})
     assert run("cat", L / "dir" / "b").stdout == b"two"
     run("mv", L / "dir" / "b", L / "top")
     assert os.readlink(L / "top") == f"../data/{d2}"
     # A whole label directory moves.
     run("ln", "-s", f"../../data/{d1}", L / "dir" / "in")
     run("mv", L / "dir", L / "moved")
-    assert backing_labels(bdir) == {"top": d2.encode(), "moved/in": d1.encode()}
+    assert_labels(m, sid, bdir, {"top": d2, "moved/in": d1})
     assert os.readlink(L / "moved" / "in") == f"../../data/{d1}"
     assert not os.path.lexists(L / "dir")
     # Renaming a missing label.
@@ -177,7 +190,7 @@ def test_mv_replaces_atomically(mounted):
             t.join(timeout=30)
     assert not bad, bad[:10]
     assert seen <= valid
-    assert backing_labels(bdir) == {"target": d2.encode()}
+    assert_labels(m, sid, bdir, {"target": d2})
 
 
 def test_label_directories(mounted):
@@ -186,7 +199,8 @@ def test_label_directories(mounted):
     L = mdir / "labels"
     run("mkdir", L / "proj")
     run("mkdir", "-p", L / "proj" / "deep" / "er")
-    assert (bdir / "labels" / "proj" / "deep" / "er").is_dir()
+    if bdir is not None:
+        assert (bdir / "labels" / "proj" / "deep" / "er").is_dir()
     assert out("stat", "-c", "%F", L / "proj") == "directory"
     # The same directories in incoming/.
     assert os.path.isdir(mdir / "incoming" / "proj" / "deep" / "er")
@@ -195,7 +209,7 @@ def test_label_directories(mounted):
     assert os.readlink(L / "proj" / "a") == f"../../data/{d1}"
     assert os.readlink(L / "proj" / "deep" / "er" / "b") == f"../../../../data/{d2}"
     assert run("cat", L / "proj" / "deep" / "er" / "b").stdout == b"two"
-    assert backing_labels(bdir) == {"proj/a": d1.encode(), "proj/deep/er/b": d2.encode()}
+    assert_labels(m, sid, bdir, {"proj/a": d1, "proj/deep/er/b": d2})
     assert sorted(m.casfs.out("list-labels", sid).splitlines()) == ["proj/a", "proj/deep/er/b"]
     # A target made for the wrong depth is refused.
     expect_errno(errno.EINVAL, os.symlink, f"../data/{d1}", L / "proj" / "wrong")
@@ -205,7 +219,9 @@ def test_label_directories(mounted):
     assert b"Directory not empty" in p.stderr
     run("rm", L / "proj" / "deep" / "er" / "b")
     run("rmdir", L / "proj" / "deep" / "er", L / "proj" / "deep")
-    assert not (bdir / "labels" / "proj" / "deep").exists()
+    if bdir is not None:
+        assert not (bdir / "labels" / "proj" / "deep").exists()
+    assert not os.path.lexists(L / "proj" / "deep")
     assert os.listdir(L / "proj") == ["a"]
     expect_errno(errno.EEXIST, os.mkdir, L / "proj")
     expect_errno(errno.EEXIST, os.mkdir, L / "proj" / "a")
@@ -223,8 +239,8 @@ def test_hard_link_of_label_is_a_second_label(mounted):
     L = mdir / "labels"
     os.symlink(f"../data/{d1}", L / "a")
     run("ln", L / "a", L / "b")  # GNU ln links the symlink itself
-    assert backing_labels(bdir) == {"a": d1.encode(), "b": d1.encode()}
+    assert_labels(m, sid, bdir, {"a": d1, "b": d1})
     assert os.readlink(L / "b") == f"../data/{d1}"
     # Removing one leaves the other.
     os.unlink(L / "a")
-    assert backing_labels(bdir) == {"b": d1.encode()}
+    assert_labels(m, sid, bdir, {"b": d1})

@@ -46,6 +46,10 @@ def request_cleanup():
         shutil.rmtree(d, ignore_errors=True)
 
 
+# A rados: root's top and store directories belong to the daemon's user,
+# mode 0755 (casfs(7)): owners and modes of stores are the backing
+# directory's.
+@pytest.mark.dir_only
 def test_users_cannot_touch_each_others_stores(users, mounter, casfs_bin, request_cleanup):
     alice, bob = users["alice"], users["bob"]
     # pytest's tmp_path sits under a 0700 directory: the users need a path

@@ -22,7 +22,7 @@ def _read_all(fd):
 
 def test_store_shows_progress_on_a_terminal(casfs, store):
     master, slave = pty.openpty()
-    p = subprocess.Popen([casfs.exe, "--root", str(casfs.root), "store", store, "-"],
+    p = subprocess.Popen([casfs.exe, *casfs.root_args(), "store", store, "-"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     data = os.urandom(1 << 20)
@@ -46,7 +46,7 @@ def test_fsck_quiet_flag_silences_progress_on_a_terminal(casfs, store, tmp_path)
     f.write_bytes(b"x" * 1000)
     casfs.run("store", store, f)
     master, slave = pty.openpty()
-    p = subprocess.run([casfs.exe, "--root", str(casfs.root), "--quiet", "fsck", store],
+    p = subprocess.run([casfs.exe, *casfs.root_args(), "--quiet", "fsck", store],
                        stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     os.set_blocking(master, False)

@@ -8,6 +8,10 @@ import random
 import re
 import uuid
 
+import pytest
+
+# The Theater layout is a directory layout: a rados: root has none (casfs(7)).
+pytestmark = pytest.mark.dir_only
 
 HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 
