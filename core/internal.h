@@ -147,7 +147,8 @@ struct casfs_backend {
 			     const int64_t *mtime_ns);
 	int (*label_mkdir)(casfs_store *s, const char *name, uint32_t mode);
 	int (*label_rmdir)(casfs_store *s, const char *name);
-	/* Immediate children of a label directory ("" = the top). */
+	/* Immediate children of a label directory ("" = the top), without
+	 * Theater's "no label" files (empty or white space alone). */
 	int (*label_readdir)(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud);
 
 	/* Appends a line; sync: make it durable before returning. */
