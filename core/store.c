@@ -440,7 +440,114 @@ struct casfs_writer {
 	unsigned nahead;
 	uint64_t written_back;       /* writeback started up to here */
 	char committed[CASFS_HEX_MAX]; /* last committed digest, "" if none */
+	struct hasher *bg;           /* hashing the in-order prefix on a thread */
 };
+
+/*
+ * A long in-order stream (a file copied in through the mount) is hashed on
+ * a thread of its own, reading back what was staged from the page cache,
+ * so that hashing overlaps the writes instead of adding to each of them:
+ * the writer only posts how far the in-order prefix reaches.  Anything that
+ * needs the hash state (the digest, a truncation, a new version) stops the
+ * thread first, which finishes what was posted.
+ */
+#define BG_MIN (4u << 20) /* streams shorter than this are hashed inline */
+
+struct hasher {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	casfs_hash *h;
+	int fd;
+	uint64_t ready; /* [0, ready) is staged, in order: to be hashed */
+	uint64_t done;  /* [0, done) is in h */
+	int err;
+	bool stop;
+};
+
+static void *stream_hasher_main(void *arg)
+{
+	struct hasher *b = arg;
+	char *buf = malloc(1u << 20);
+	pthread_mutex_lock(&b->mu);
+	for (;;) {
+		while (b->done == b->ready && !b->stop)
+			pthread_cond_wait(&b->cv, &b->mu);
+		if (b->done == b->ready)
+			break; /* stopped, and everything posted is hashed */
+		uint64_t from = b->done, to = b->ready;
+		pthread_mutex_unlock(&b->mu);
+		int err = buf ? 0 : -ENOMEM;
+		while (!err && from < to) {
+			size_t want = to - from < (1u << 20) ? (size_t)(to - from) : (1u << 20);
+			ssize_t r = pread(b->fd, buf, want, (off_t)from);
+			if (r <= 0)
+				err = r < 0 ? -errno : -EIO;
+			else if ((err = casfs__hash_update(b->h, buf, (size_t)r)) == 0)
+				from += (uint64_t)r;
+		}
+		pthread_mutex_lock(&b->mu);
+		b->done = from;
+		if (err) {
+			b->err = err;
+			b->done = b->ready; /* give up: the digest is read from the file */
+		}
+	}
+	pthread_mutex_unlock(&b->mu);
+	free(buf);
+	return NULL;
+}
+
+/* Posts that [0, w->hashed) is staged in order. */
+static void hasher_post(casfs_writer *w)
+{
+	struct hasher *b = w->bg;
+	pthread_mutex_lock(&b->mu);
+	b->ready = w->hashed;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
+/* Starts hashing on a thread from here on; false if it cannot. */
+static bool hasher_start(casfs_writer *w)
+{
+	struct hasher *b = calloc(1, sizeof(*b));
+	if (!b)
+		return false;
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
+	b->h = w->h;
+	b->fd = w->st.fd;
+	b->ready = b->done = w->hashed;
+	if (pthread_create(&b->th, NULL, stream_hasher_main, b) != 0) {
+		pthread_mutex_destroy(&b->mu);
+		pthread_cond_destroy(&b->cv);
+		free(b);
+		return false;
+	}
+	w->bg = b;
+	return true;
+}
+
+/* Finishes what was posted and ends the thread: w->h is the caller's
+ * again (or, after a read error, w->rehash is set). */
+static void hasher_stop(casfs_writer *w)
+{
+	struct hasher *b = w->bg;
+	if (!b)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	pthread_join(b->th, NULL);
+	if (b->err)
+		w->rehash = true;
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->cv);
+	free(b);
+	w->bg = NULL;
+}
 
 int casfs_writer_open(casfs_writer **out, casfs_store *s)
 {
@@ -529,6 +636,7 @@ static int writer_restage(casfs_writer *w)
 	if (w->st.fd >= 0)
 		return 0;
 	casfs_store *s = w->s;
+	hasher_stop(w);
 	int rc = s->be->stage_create(s, &w->st);
 	if (rc < 0)
 		return rc;
@@ -558,6 +666,22 @@ fail:
 /* Hashes the writes held ahead that now continue the hashed prefix. */
 static int writer_catch_up(casfs_writer *w)
 {
+	if (w->bg) {
+		/* The thread reads them from the staging file anyway. */
+		for (bool progress = true; progress && w->nahead && !w->rehash;) {
+			progress = false;
+			for (unsigned i = 0; i < w->nahead; i++) {
+				if (w->ahead[i].off != w->hashed)
+					continue;
+				w->hashed += w->ahead[i].len;
+				w->ahead[i] = w->ahead[--w->nahead];
+				progress = true;
+				break;
+			}
+		}
+		hasher_post(w);
+		return 0;
+	}
 	bool progress = true;
 	while (progress && w->nahead && !w->rehash) {
 		progress = false;
@@ -599,7 +723,9 @@ int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off
 	if (w->rehash) {
 		/* hash at commit */
 	} else if (off == w->hashed) {
-		if ((rc = casfs__hash_update(w->h, buf, n)) < 0)
+		if (!w->bg && w->hashed + n >= BG_MIN)
+			hasher_start(w); /* a long stream: hash it alongside */
+		if (!w->bg && (rc = casfs__hash_update(w->h, buf, n)) < 0)
 			return rc;
 		w->hashed += n;
 		if ((rc = writer_catch_up(w)) < 0)
@@ -641,6 +767,7 @@ int casfs_writer_truncate(casfs_writer *w, uint64_t size)
 		return rc;
 	if (size == w->size)
 		return 0;
+	hasher_stop(w);
 	if (ftruncate(w->st.fd, (off_t)size) < 0)
 		return casfs__errno(-errno, "cannot truncate staging file");
 	if (size == 0) {
@@ -675,6 +802,7 @@ static bool hash_is_current(const casfs_writer *w)
  * the staging file when writes came out of order. */
 static int writer_digest(casfs_writer *w, char hex[CASFS_HEX_MAX])
 {
+	hasher_stop(w);
 	if (hash_is_current(w)) {
 		/* Finishing the running hash consumes it: if this commit
 		 * fails and is tried again, read the staging file then. */
@@ -788,6 +916,7 @@ void casfs_writer_free(casfs_writer *w)
 {
 	if (!w)
 		return;
+	hasher_stop(w);
 	w->s->be->stage_discard(w->s, &w->st);
 	casfs__hash_free(w->h);
 	free(w);
@@ -958,6 +1087,7 @@ int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, vo
 	int rc = writer_restage(w);
 	if (rc < 0)
 		return rc;
+	hasher_stop(w); /* its own pipeline hashes from here */
 	struct stat sb;
 	bool regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
 	if (regular && sb.st_size >= (off_t)WRITEBACK_EVERY && w->size == 0 && w->hashed == 0 &&
