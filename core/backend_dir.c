@@ -1269,28 +1269,30 @@ static int dir_label_rmdir(casfs_store *s, const char *name)
 	return label_unlink(s, name, true);
 }
 
-/* The size of a label file holding one digest and a line end: listed
- * without being read (reading every file made listings twice as slow). */
-static bool digest_sized(casfs_store *s, off_t size)
-{
-	off_t h = (off_t)casfs_algo_hexlen(s->algo);
-	return size >= h && size <= h + 2;
-}
-
-/* True if the file holds only white space (or cannot be read as a label:
- * get reports those). */
+/* True if the regular file dirfd/name is Theater's "no label": empty, or
+ * white space alone (the same test as label_read: files over the size
+ * limit are reported by get, so they are listed).  Reads only until the
+ * first byte that is not white space, which for a real label is the
+ * first: every file must be read, since a digest-sized file of blanks is
+ * "no label" too. */
 static bool blank_file_at(int dirfd, const char *name)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
-		return false;
-	char buf[4096];
-	ssize_t n = read(fd, buf, sizeof(buf));
+		return false; /* vanished or unreadable: get reports it */
+	char buf[512];
+	size_t total = 0;
+	bool blank = true;
+	ssize_t n;
+	while (blank && (n = read(fd, buf, sizeof(buf))) > 0) {
+		for (ssize_t i = 0; i < n && blank; i++)
+			blank = casfs__is_ws(buf[i]);
+		total += (size_t)n;
+		if (total > CASFS__LABEL_FILE_MAX)
+			blank = false;
+	}
 	close(fd);
-	for (ssize_t i = 0; i < n; i++)
-		if (!strchr(" \t\r\n\v\f", buf[i]) || !buf[i])
-			return false;
-	return n > 0 && n < (ssize_t)sizeof(buf);
+	return blank;
 }
 
 static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
@@ -1324,14 +1326,8 @@ static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 			continue;
 		int isdir = is_dir_entry(fd, e);
-		if (!isdir) {
-			struct stat sb;
-			if (fstatat(fd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(sb.st_mode) ||
-			    sb.st_size == 0)
-				continue; /* not a label (or Theater's empty "no label") */
-			if (!digest_sized(s, sb.st_size) && blank_file_at(fd, e->d_name))
-				continue; /* Theater's "no label": white space alone */
-		}
+		if (!isdir && (!is_reg_entry(fd, e) || blank_file_at(fd, e->d_name)))
+			continue; /* not a label, or Theater's "no label" */
 		if ((rc = fn(e->d_name, isdir, ud)) != 0)
 			break;
 	}

@@ -48,6 +48,12 @@ int casfs__hash_buf(casfs_algo algo, const void *buf, size_t n,
 
 /* ------------------------------------------------------------------ misc */
 
+/* Label files larger than this cannot hold a digest (plus white space):
+ * readers refuse them with -EFBIG. */
+#define CASFS__LABEL_FILE_MAX 4096
+
+/* True for the ASCII white space a label file may carry around its digest. */
+bool casfs__is_ws(char c);
 /* Trims ASCII whitespace at both ends of buf[0..*len) in place. */
 void casfs__trim(char *buf, size_t *len);
 /* Seconds and nanoseconds since the epoch. */

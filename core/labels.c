@@ -13,13 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Label files larger than this cannot hold a digest (plus whitespace). */
-#define LABEL_FILE_MAX 4096
-
 /* Reads and parses a label; -ENOENT if absent or empty. */
 static int label_read(casfs_store *s, const char *name, char hex[CASFS_HEX_MAX])
 {
-	char buf[LABEL_FILE_MAX + 1];
+	char buf[CASFS__LABEL_FILE_MAX + 1];
 	size_t len = 0;
 	int rc = s->be->label_read(s, name, buf, sizeof(buf), &len);
 	if (rc < 0)

@@ -259,14 +259,17 @@ int casfs_digest_check(casfs_algo algo, const char *hex)
 
 /* -------------------------------------------------------------------- misc */
 
+bool casfs__is_ws(char c)
+{
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f';
+}
+
 void casfs__trim(char *buf, size_t *len)
 {
 	size_t n = *len, start = 0;
-	while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
-			 buf[n - 1] == '\t' || buf[n - 1] == '\v' || buf[n - 1] == '\f'))
+	while (n > 0 && casfs__is_ws(buf[n - 1]))
 		n--;
-	while (start < n && (buf[start] == ' ' || buf[start] == '\n' || buf[start] == '\r' ||
-			     buf[start] == '\t' || buf[start] == '\v' || buf[start] == '\f'))
+	while (start < n && casfs__is_ws(buf[start]))
 		start++;
 	if (start)
 		memmove(buf, buf + start, n - start);
