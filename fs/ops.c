@@ -1646,6 +1646,17 @@ static int node_digest(struct node *x, char hex[CASFS_HEX_MAX])
 	return rc == -ENOENT ? -ENODATA : rc;
 }
 
+/* The error for an xattr other than the digest: casfs keeps no user.*
+ * attributes but the digest (ENODATA), and has no ACLs, security labels or
+ * trusted.* attributes at all (ENOTSUP, as a filesystem without them
+ * answers).  ENOTSUP lets ls(1), cp(1) and the like stop asking for ACLs
+ * and SELinux labels after the first file: each question is a round trip
+ * to the daemon that the kernel does not cache. */
+static int xattr_absent(const char *name)
+{
+	return strncmp(name, "user.", 5) == 0 ? ENODATA : ENOTSUP;
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	as_daemon();
@@ -1655,7 +1666,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return;
 	}
 	if (strcmp(name, XATTR_HASH) != 0) {
-		fuse_reply_err(req, ENODATA);
+		fuse_reply_err(req, xattr_absent(name));
 		return;
 	}
 	char hex[CASFS_HEX_MAX];
@@ -1705,7 +1716,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	(void)ino;
-	fuse_reply_err(req, strcmp(name, XATTR_HASH) == 0 ? EPERM : ENODATA);
+	fuse_reply_err(req, strcmp(name, XATTR_HASH) == 0 ? EPERM : xattr_absent(name));
 }
 
 /* ---------------------------------------------------------------- misc */
