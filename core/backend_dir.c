@@ -1335,6 +1335,34 @@ static int dir_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn
 	return rc;
 }
 
+static int dir_listing_stamp(casfs_store *s, const char *dir, int64_t *stamp)
+{
+	struct stat sb;
+	int rc = 0;
+	if (!dir || !dir[0]) {
+		int fd = dir ? labels_fd(s, false) : data_fd(s, false);
+		if (fd < 0)
+			return fd;
+		if (fstat(fd, &sb) < 0)
+			return casfs__errno(-errno, "cannot stat %s/", dir ? "labels" : "data");
+	} else {
+		struct lparent lp;
+		if ((rc = lp_open(s, dir, false, &lp)) < 0)
+			return rc;
+		if (fstatat(lp.fd, lp.leaf, &sb, AT_SYMLINK_NOFOLLOW) < 0)
+			rc = errno == ENOENT || errno == ENOTDIR ? -ENOENT
+								 : casfs__errno(-errno, "label directory '%s'", dir);
+		else if (!S_ISDIR(sb.st_mode))
+			rc = casfs__err(-ENOTDIR, "label '%s' is not a directory", dir);
+		lp_close(&lp);
+		if (rc < 0)
+			return rc;
+	}
+	/* ctime, not mtime: touch(1) can set the mtime back. */
+	*stamp = (int64_t)sb.st_ctim.tv_sec * 1000000000LL + sb.st_ctim.tv_nsec;
+	return 0;
+}
+
 /* ----------------------------------------------------------------- journal */
 
 static uint64_t journal_max(void)
@@ -1464,6 +1492,7 @@ const struct casfs_backend casfs__backend_dir = {
 	.label_mkdir = dir_label_mkdir,
 	.label_rmdir = dir_label_rmdir,
 	.label_readdir = dir_label_readdir,
+	.listing_stamp = dir_listing_stamp,
 	.journal_append = dir_journal_append,
 	.journal_read = dir_journal_read,
 };

@@ -156,6 +156,10 @@ struct casfs_backend {
 	/* Immediate children of a label directory ("" = the top), without
 	 * Theater's "no label" files (empty or white space alone). */
 	int (*label_readdir)(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud);
+	/* Optional: a stamp of the blob area (dir NULL) or of a label
+	 * directory that changes whenever an entry is added, removed or
+	 * renamed there.  NULL: the backend cannot tell (-ENOTSUP). */
+	int (*listing_stamp)(casfs_store *s, const char *dir, int64_t *stamp);
 
 	/* Appends a line; sync: make it durable before returning. */
 	int (*journal_append)(casfs_store *s, const char *line, size_t len, bool sync);

@@ -372,6 +372,16 @@ int casfs_label_rmdir(casfs_store *s, const char *name)
 	return label_dir_change(s, name, false, 0);
 }
 
+int casfs_listing_stamp(casfs_store *s, const char *dir, int64_t *stamp)
+{
+	int rc = dir ? check_dir_name(dir) : 0;
+	if (rc < 0)
+		return rc;
+	if (!s->be->listing_stamp)
+		return casfs__err(-ENOTSUP, "the %s backend keeps no listing stamps", s->be->name);
+	return s->be->listing_stamp(s, dir, stamp);
+}
+
 int casfs_label_readdir(casfs_store *s, const char *dir, casfs_dirent_fn fn, void *ud)
 {
 	int rc = check_dir_name(dir);

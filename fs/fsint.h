@@ -68,6 +68,7 @@ struct node {
 	 * was, like an unlinked inode, and is never written again. */
 	bool gone;
 	char frozen[CASFS_HEX_MAX]; /* its digest then ("" for none) */
+	struct dirlist *listing; /* directories: the entries kept (ops.c) */
 	struct node *next_ino, *next_key;
 };
 
@@ -98,6 +99,8 @@ struct node *node_get(fuse_ino_t ino);
 struct node *node_lookup(enum kind k, struct fstore *st, const char *name);
 void node_forget(fuse_ino_t ino, uint64_t n);
 void node_pin(struct node *x);
+/* Frees the listing a directory node keeps (ops.c). */
+void node_drop_listing(struct node *x);
 void node_unpin(struct node *x);
 /* A copy of the node's current name (it changes on rename); free it. */
 char *node_name(struct node *x);

@@ -138,6 +138,7 @@ static void maybe_free(struct node *x)
 	unlink_ino(x);
 	nnodes--;
 	struct fstore *st = x->st;
+	node_drop_listing(x);
 	free(x->name);
 	free(x);
 	if (st)

@@ -704,35 +704,58 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* -------------------------------------------------------- directories */
 
-struct dirbuf {
-	char *p;
-	size_t len, cap;
-	fuse_req_t req;
-};
-
+/* A directory's entries, packed: one buffer of NUL-terminated names.  Built
+ * at opendir; immutable after, so open handles and the node's cache share
+ * it by reference count. */
 struct dirlist {
-	struct tracked link; /* first */
-	char **names;
+	char *names;           /* packed */
+	size_t used, room;
+	uint32_t *off;         /* of each name in names */
 	unsigned char *isdir;
 	size_t n, cap;
+	int64_t stamp;         /* casfs_listing_stamp() before it was read */
+	int refs;              /* dl_mu */
 };
+
+/* An open directory: which listing it reads. */
+struct dirhandle {
+	struct tracked link; /* first */
+	struct dirlist *d;
+};
+
+/* Guards every node's kept listing and the listings' counts. */
+static pthread_mutex_t dl_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int dl_add(struct dirlist *d, const char *name, int isdir)
 {
+	size_t len = strlen(name) + 1;
 	if (d->n == d->cap) {
 		size_t cap = d->cap ? d->cap * 2 : 64;
-		char **nn = realloc(d->names, cap * sizeof(*nn));
-		if (!nn)
+		uint32_t *no = realloc(d->off, cap * sizeof(*no));
+		if (!no)
 			return -ENOMEM;
-		d->names = nn;
+		d->off = no;
 		unsigned char *nd = realloc(d->isdir, cap);
 		if (!nd)
 			return -ENOMEM;
 		d->isdir = nd;
 		d->cap = cap;
 	}
-	if (!(d->names[d->n] = strdup(name)))
-		return -ENOMEM;
+	if (d->used + len > d->room) {
+		size_t room = d->room ? d->room * 2 : 4096;
+		while (room < d->used + len)
+			room *= 2;
+		if (room > UINT32_MAX)
+			return -ENOMEM;
+		char *nn = realloc(d->names, room);
+		if (!nn)
+			return -ENOMEM;
+		d->names = nn;
+		d->room = room;
+	}
+	memcpy(d->names + d->used, name, len);
+	d->off[d->n] = (uint32_t)d->used;
+	d->used += len;
 	d->isdir[d->n++] = (unsigned char)isdir;
 	return 0;
 }
@@ -752,32 +775,48 @@ static int dl_add_entry(const char *name, int isdir, void *ud)
 	return dl_add(ud, name, isdir);
 }
 
-static void dl_free(struct dirlist *d)
+static void dl_put(struct dirlist *d)
 {
-	for (size_t i = 0; i < d->n; i++)
-		free(d->names[i]);
-	free(d->names);
-	free(d->isdir);
-	free(d);
+	if (!d)
+		return;
+	pthread_mutex_lock(&dl_mu);
+	bool last = --d->refs == 0;
+	pthread_mutex_unlock(&dl_mu);
+	if (last) {
+		free(d->names);
+		free(d->off);
+		free(d->isdir);
+		free(d);
+	}
 }
 
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+void node_drop_listing(struct node *x)
 {
-	as_daemon();
-	struct node *x = node_get(ino);
+	pthread_mutex_lock(&dl_mu);
+	struct dirlist *d = x->listing;
+	x->listing = NULL;
+	pthread_mutex_unlock(&dl_mu);
+	dl_put(d);
+}
+
+/* Reads the entries of directory node x into a new listing. */
+static int dl_build(struct node *x, struct dirlist **out)
+{
 	struct dirlist *d = calloc(1, sizeof(*d));
-	int rc = x && d ? 0 : (d ? -ENOENT : -ENOMEM);
+	if (!d)
+		return -ENOMEM;
+	d->refs = 1;
+	int rc = dl_add(d, ".", 1);
+	if (rc == 0)
+		rc = dl_add(d, "..", 1);
 	if (rc == 0) {
-		dl_add(d, ".", 1);
-		dl_add(d, "..", 1);
 		switch (x->kind) {
 		case K_ROOT:
 			rc = casfs_store_list(fs.root, dl_add_dir, d);
 			break;
 		case K_STORE:
-			dl_add(d, "data", 1);
-			dl_add(d, "labels", 1);
-			rc = dl_add(d, "incoming", 1);
+			if ((rc = dl_add(d, "data", 1)) == 0 && (rc = dl_add(d, "labels", 1)) == 0)
+				rc = dl_add(d, "incoming", 1);
 			break;
 		case K_DATA:
 			rc = casfs_blob_list(x->st->s, dl_add_file, d);
@@ -794,13 +833,73 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		}
 	}
 	if (rc < 0) {
-		if (d)
-			dl_free(d);
+		dl_put(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+/* A listing older than this is kept: a change after it was read gets a
+ * later timestamp even where timestamps are coarse (the "racy" case of
+ * git's index, the same cure). */
+#define DL_SETTLED_NS 2000000000LL
+
+/* The listing of directory node x: the one kept on the node while the
+ * backing directory's stamp is unchanged (a listing of 100,000 labels reads
+ * 100,000 files; data/ and labels/ of a local root only), else a fresh
+ * one, kept if the directory has been still for a while. */
+static int dl_get(struct node *x, struct dirlist **out)
+{
+	int64_t stamp = 0;
+	bool keep = false;
+	if (!fs.remote && (x->kind == K_DATA || x->kind == K_LDIR || x->kind == K_IDIR)) {
+		char *name = x->kind == K_DATA ? NULL : node_name(x);
+		keep = (x->kind == K_DATA || name) &&
+		       casfs_listing_stamp(x->st->s, name, &stamp) == 0;
+		free(name);
+	}
+	if (keep) {
+		pthread_mutex_lock(&dl_mu);
+		struct dirlist *d = x->listing;
+		if (d && d->stamp == stamp) {
+			d->refs++;
+			*out = d;
+		}
+		pthread_mutex_unlock(&dl_mu);
+		if (d && d->stamp == stamp)
+			return 0;
+	}
+	struct dirlist *d;
+	int rc = dl_build(x, &d);
+	if (rc < 0)
+		return rc;
+	d->stamp = stamp;
+	if (keep && stamp < now_ns() - DL_SETTLED_NS) {
+		pthread_mutex_lock(&dl_mu);
+		struct dirlist *old = x->listing;
+		x->listing = d;
+		d->refs++;
+		pthread_mutex_unlock(&dl_mu);
+		dl_put(old);
+	}
+	*out = d;
+	return 0;
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	as_daemon();
+	struct node *x = node_get(ino);
+	struct dirhandle *h = calloc(1, sizeof(*h));
+	int rc = x && h ? dl_get(x, &h->d) : (h ? -ENOENT : -ENOMEM);
+	if (rc < 0) {
+		free(h);
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	track(&live_dirs, &d->link);
-	fi->fh = (uint64_t)(uintptr_t)d;
+	track(&live_dirs, &h->link);
+	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->cache_readdir = 0;
 	fuse_reply_open(req, fi);
 }
@@ -808,7 +907,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
+	struct dirlist *d = ((struct dirhandle *)(uintptr_t)fi->fh)->d;
 	struct node *x = node_get(ino);
 	char *buf = malloc(size);
 	if (!buf) {
@@ -822,7 +921,8 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		memset(&st, 0, sizeof(st));
 		st.st_ino = 0xffffffff; /* unknown: the kernel looks it up */
 		st.st_mode = d->isdir[i] ? S_IFDIR : (link ? S_IFLNK : S_IFREG);
-		size_t n = fuse_add_direntry(req, buf + used, size - used, d->names[i], &st, (off_t)(i + 1));
+		size_t n = fuse_add_direntry(req, buf + used, size - used, d->names + d->off[i], &st,
+					     (off_t)(i + 1));
 		if (n > size - used)
 			break;
 		used += n;
@@ -831,12 +931,17 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	free(buf);
 }
 
+static void dirhandle_free(struct dirhandle *h)
+{
+	untrack(&h->link);
+	dl_put(h->d);
+	free(h);
+}
+
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct dirlist *d = (struct dirlist *)(uintptr_t)fi->fh;
-	untrack(&d->link);
-	dl_free(d);
+	dirhandle_free((struct dirhandle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -1508,11 +1613,8 @@ void fs_ops_teardown(void)
 		untrack(&h->link);
 		handle_close(h, false); /* its program closed it: flush committed */
 	}
-	while (live_dirs.next != &live_dirs) {
-		struct dirlist *d = (struct dirlist *)live_dirs.next;
-		untrack(&d->link);
-		dl_free(d);
-	}
+	while (live_dirs.next != &live_dirs)
+		dirhandle_free((struct dirhandle *)live_dirs.next);
 }
 
 /* ------------------------------------------------------------ setattr */

@@ -274,6 +274,15 @@ int casfs_label_rmdir(casfs_store *store, const char *name);
  * is_dir set for subdirectories.  Empty label files are not shown. */
 typedef int (*casfs_dirent_fn)(const char *name, int is_dir, void *ud);
 int casfs_label_readdir(casfs_store *store, const char *dir, casfs_dirent_fn fn, void *ud);
+/* A stamp of the listing of data/ (dir NULL) or of a label directory
+ * ("" = top), for a caller that keeps listings: it changes whenever an
+ * entry is added, removed or renamed there, by anyone (for a directory
+ * root it is the directory's ctime in nanoseconds).  It does not change
+ * when a label file is rewritten in place (casfs never does; a Theater
+ * runtime may), so a kept listing may then show a label that was emptied.
+ * -ENOTSUP if the backend cannot tell (list again every time); -ENOENT if
+ * the directory does not exist. */
+int casfs_listing_stamp(casfs_store *store, const char *dir, int64_t *stamp);
 
 /* Stores content read from fd and points a label at it, as one operation
  * that a concurrent gc cannot split.  expect as for casfs_label_set. */

@@ -6,6 +6,7 @@ the command, and on the dir backend in the backing directory."""
 import errno
 import os
 import threading
+import time
 
 from fuse_util import (backing_labels, cli_labels, expect_errno, how, mounted, mounter,  # noqa: F401
                        out, run, sha256)
@@ -244,3 +245,57 @@ def test_hard_link_of_label_is_a_second_label(mounted):
     # Removing one leaves the other.
     os.unlink(L / "a")
     assert_labels(m, sid, bdir, {"b": d1})
+
+
+def test_listings_kept_by_the_daemon_stay_current(mounted):
+    """The daemon keeps the listing of a directory that has been still for
+    2 s (fs/ops.c dl_get) and reuses it while the backing directory's ctime
+    is unchanged.  Every change must still show at once: through the mount
+    on either side, by the command, by another program writing label files,
+    even one that sets the directory's mtime back (ctime, not mtime, is
+    what is compared)."""
+    m = mounted
+    sid, mdir, bdir, (d1, d2, d3) = setup_store(m)
+    m.casfs.run("label", sid, "a", d1)
+    m.casfs.run("label", sid, "sub/b", d2)
+    os.mkdir(mdir / "incoming" / "sub2")
+    time.sleep(2.2)  # everything still for longer than DL_SETTLED_NS
+
+    def ls(rel):
+        return sorted(os.listdir(mdir / rel))
+
+    for _ in range(2):  # the second one is served from what was kept
+        assert ls("labels") == ["a", "sub", "sub2"]
+        assert ls("incoming") == ["a", "sub", "sub2"]
+        assert ls("labels/sub") == ["b"]
+        assert ls("data") == sorted([d1, d2, d3])
+    # The command adds a blob and a label.
+    d4 = m.casfs.out("store", sid, input=b"four")
+    m.casfs.run("label", sid, "sub/c", d4)
+    assert ls("data") == sorted([d1, d2, d3, d4])
+    assert ls("labels/sub") == ["b", "c"]
+    assert ls("incoming/sub") == ["b", "c"]
+    # Through incoming/: seen in labels/ and data/ at once.
+    (mdir / "incoming" / "new").write_bytes(b"five")
+    assert "new" in ls("labels")
+    assert sha256(b"five") in ls("data")
+    # Through labels/: seen in incoming/.
+    os.unlink(mdir / "labels" / "sub" / "b")
+    assert ls("incoming/sub") == ["c"]
+    os.rename(mdir / "labels" / "a", mdir / "labels" / "sub2" / "a")
+    assert ls("incoming") == ["new", "sub", "sub2"]
+    assert ls("incoming/sub2") == ["a"]
+    if bdir is not None:
+        # Another program writes a label file and sets labels/sub's mtime
+        # back to what it was: the listing changes all the same.
+        time.sleep(2.2)
+        assert ls("labels/sub") == ["c"]
+        assert ls("labels/sub") == ["c"]  # kept
+        st = os.stat(bdir / "labels" / "sub")
+        (bdir / "labels" / "sub" / "theater").write_bytes(d1.encode())
+        os.utime(bdir / "labels" / "sub", ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert ls("labels/sub") == ["c", "theater"]
+        assert os.readlink(mdir / "labels" / "sub" / "theater") == f"../../data/{d1}"
+        # And removes one.
+        os.unlink(bdir / "labels" / "sub" / "c")
+        assert ls("incoming/sub") == ["theater"]

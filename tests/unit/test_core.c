@@ -721,6 +721,58 @@ static void test_label_tree(void)
 	casfs_store_free(s);
 }
 
+/* Listing stamps: a kept listing of data/ or of a label directory is
+ * current while its stamp is unchanged; every change of the names there,
+ * by casfs or anyone else, changes it.  Sleeps between changes so that a
+ * kernel with coarse timestamps gives distinct ones. */
+static void test_listing_stamps(void)
+{
+	casfs_store *s;
+	char a[CASFS_HEX_MAX], b[CASFS_HEX_MAX], p[4096];
+	int64_t d0, d1, t0, t1, x0, x1;
+	casfs_store_create(root, "stamps", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "stamps"), 0, "open stamps store");
+	casfs_blob_put(s, "one", 3, a);
+	casfs_label_set(s, "sub/x", a, NULL, NULL);
+	if (!backend_is_dir) {
+		IS(casfs_listing_stamp(s, NULL, &d0), -ENOTSUP, "rados: no listing stamps");
+		casfs_store_free(s);
+		return;
+	}
+	IS(casfs_listing_stamp(s, "no/such", &x0), -ENOENT, "stamp of an absent label dir");
+	IS(casfs_listing_stamp(s, "sub/x", &x0), -ENOTDIR, "stamp of a label file");
+	IS(casfs_listing_stamp(s, "../x", &x0), -EINVAL, "stamp of a bad name");
+	IS(casfs_listing_stamp(s, NULL, &d0), 0, "stamp of data/");
+	IS(casfs_listing_stamp(s, "", &t0), 0, "stamp of labels/");
+	IS(casfs_listing_stamp(s, "sub", &x0), 0, "stamp of labels/sub");
+	usleep(30000);
+	IS(casfs_listing_stamp(s, NULL, &d1), 0, "stamp of data/ again");
+	IS(d1, d0, "data/ unchanged: same stamp");
+	casfs_blob_put(s, "one", 3, b);
+	IS(casfs_listing_stamp(s, NULL, &d1), 0, "stamp after storing stored content");
+	IS(d1, d0, "storing existing content changes no name");
+	casfs_blob_put(s, "two", 3, b);
+	IS(casfs_listing_stamp(s, NULL, &d1), 0, "stamp after a new blob");
+	OK(d1 != d0, "a new blob changes the data/ stamp");
+	casfs_label_set(s, "sub/y", b, NULL, NULL);
+	IS(casfs_listing_stamp(s, "sub", &x1), 0, "stamp after a new label");
+	OK(x1 != x0, "a new label changes its directory's stamp");
+	IS(casfs_listing_stamp(s, "", &t1), 0, "top stamp");
+	IS(t1, t0, "a label in sub/ leaves the top's stamp");
+	usleep(30000);
+	casfs_label_set(s, "sub/y", a, NULL, NULL);
+	IS(casfs_listing_stamp(s, "sub", &x0), 0, "stamp after a relabel");
+	OK(x0 != x1, "replacing a label (a rename over it) changes the stamp");
+	usleep(30000);
+	/* A label added by another program. */
+	path_of(p, sizeof(p), "stamps", "labels/planted");
+	FILE *f = fopen(p, "w");
+	OK(f && fputs(a, f) >= 0 && fclose(f) == 0, "plant a label file");
+	IS(casfs_listing_stamp(s, "", &t0), 0, "top stamp after a planted label");
+	OK(t0 != t1, "a label written by another program changes the stamp");
+	casfs_store_free(s);
+}
+
 static void test_gc_fsck_stats(void)
 {
 	casfs_store *s;
@@ -1119,6 +1171,7 @@ int main(int argc, char **argv)
 	casfs_store_free(s);
 	test_gc_fsck_stats();
 	test_label_tree();
+	test_listing_stamps();
 	test_theater_open();
 	test_sessions();
 	test_threads();
