@@ -381,6 +381,7 @@ void fstore_close_all(void)
 	for (size_t i = 0; i < nbuckets; i++) {
 		for (struct node *x = by_ino[i], *n; x; x = n) {
 			n = x->next_ino;
+			node_drop_listing(x);
 			free(x->name);
 			free(x);
 		}
