@@ -862,12 +862,13 @@ static int dl_get(struct node *x, struct dirlist **out)
 	if (keep) {
 		pthread_mutex_lock(&dl_mu);
 		struct dirlist *d = x->listing;
-		if (d && d->stamp == stamp) {
+		bool current = d && d->stamp == stamp;
+		if (current) {
 			d->refs++;
 			*out = d;
 		}
 		pthread_mutex_unlock(&dl_mu);
-		if (d && d->stamp == stamp)
+		if (current)
 			return 0;
 	}
 	struct dirlist *d;
