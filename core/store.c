@@ -452,11 +452,17 @@ struct casfs_writer {
  * thread first, which finishes what was posted.
  */
 #define BG_MIN (4u << 20) /* streams shorter than this are hashed inline */
+/* A writer waits once the thread is this far behind, so that the digest at
+ * close never waits for more than this much hashing (~8 ms at 2 GB/s): on
+ * two CPUs a writer outruns the thread, and close(2) took 160-270 ms after
+ * 1 GiB without the bound (bench/README, W1). */
+#define BG_LAG (16u << 20)
 
 struct hasher {
 	pthread_t th;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv;     /* to the thread: more posted, or stop */
+	pthread_cond_t caught; /* to the writer: done moved */
 	casfs_hash *h;
 	int fd;
 	uint64_t ready; /* [0, ready) is staged, in order: to be hashed */
@@ -485,6 +491,12 @@ static void *stream_hasher_main(void *arg)
 				err = r < 0 ? -errno : -EIO;
 			else if ((err = casfs__hash_update(b->h, buf, (size_t)r)) == 0)
 				from += (uint64_t)r;
+			if (!err && from < to) {
+				pthread_mutex_lock(&b->mu);
+				b->done = from;
+				pthread_cond_signal(&b->caught);
+				pthread_mutex_unlock(&b->mu);
+			}
 		}
 		pthread_mutex_lock(&b->mu);
 		b->done = from;
@@ -492,6 +504,7 @@ static void *stream_hasher_main(void *arg)
 			b->err = err;
 			b->done = b->ready; /* give up: the digest is read from the file */
 		}
+		pthread_cond_signal(&b->caught);
 	}
 	pthread_mutex_unlock(&b->mu);
 	free(buf);
@@ -505,6 +518,8 @@ static void hasher_post(casfs_writer *w)
 	pthread_mutex_lock(&b->mu);
 	b->ready = w->hashed;
 	pthread_cond_signal(&b->cv);
+	while (b->ready - b->done > BG_LAG)
+		pthread_cond_wait(&b->caught, &b->mu);
 	pthread_mutex_unlock(&b->mu);
 }
 
@@ -516,12 +531,14 @@ static bool hasher_start(casfs_writer *w)
 		return false;
 	pthread_mutex_init(&b->mu, NULL);
 	pthread_cond_init(&b->cv, NULL);
+	pthread_cond_init(&b->caught, NULL);
 	b->h = w->h;
 	b->fd = w->st.fd;
 	b->ready = b->done = w->hashed;
 	if (pthread_create(&b->th, NULL, stream_hasher_main, b) != 0) {
 		pthread_mutex_destroy(&b->mu);
 		pthread_cond_destroy(&b->cv);
+		pthread_cond_destroy(&b->caught);
 		free(b);
 		return false;
 	}
@@ -545,6 +562,7 @@ static void hasher_stop(casfs_writer *w)
 		w->rehash = true;
 	pthread_mutex_destroy(&b->mu);
 	pthread_cond_destroy(&b->cv);
+	pthread_cond_destroy(&b->caught);
 	free(b);
 	w->bg = NULL;
 }
@@ -928,7 +946,8 @@ enum { CHUNK = 1 << 20, SLOTS = 4, WRITEBACK_EVERY = 8 << 20 };
 
 struct pipe_state {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv;     /* to the thread: more posted, or stop */
+	pthread_cond_t caught; /* to the writer: done moved */
 	casfs_hash *h;
 	char *buf[SLOTS];
 	size_t len[SLOTS];
