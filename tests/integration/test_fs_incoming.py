@@ -160,6 +160,26 @@ def test_close_commits_before_returning(mounted):
         assert staging_files(bdir) == []
 
 
+def test_long_stream_hashed_alongside_commits_its_digest(mounted):
+    """A long in-order stream is hashed on a thread of the daemon that may
+    lag at most 16 MiB behind the writes (core/store.c, BG_LAG): 40 MiB in
+    1 MiB writes, then rewritten in place from the start, must each commit
+    exactly their content at close."""
+    m = mounted
+    sid, mdir, bdir = fresh(m)
+    body = bytearray(os.urandom(40 << 20))
+    p = mdir / "incoming" / "long"
+    for round_ in range(2):
+        body[0] = round_
+        with open(p, "r+b" if round_ else "wb") as f:
+            for off in range(0, len(body), 1 << 20):
+                f.write(body[off:off + (1 << 20)])
+        assert committed(m, sid, bdir, "long") == bytes(body)
+        assert os.getxattr(p, "user.casfs.hash").decode() == sha256(bytes(body))
+    if bdir is not None:
+        assert staging_files(bdir) == []
+
+
 def test_empty_file_and_truncation_commit_before_close_returns(mounted):
     """An empty new file (touch, open+close) and a truncation to zero
     (`: > file`) are versions like any other: committed when the last
