@@ -1291,6 +1291,8 @@ static bool blank_file_at(int dirfd, const char *name)
 		if (total > CASFS__LABEL_FILE_MAX)
 			blank = false;
 	}
+	if (n < 0)
+		blank = false; /* unreadable: listed, and get reports the error */
 	close(fd);
 	return blank;
 }
