@@ -63,6 +63,18 @@ static int open_dir_at(int dirfd, const char *name)
 	return openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
+/* A time in ns since the epoch as a timespec (tv_nsec in [0, 1e9) also
+ * before 1970). */
+static struct timespec ns_ts(int64_t ns)
+{
+	int64_t sec = ns / 1000000000LL, rem = ns % 1000000000LL;
+	if (rem < 0) {
+		sec--;
+		rem += 1000000000LL;
+	}
+	return (struct timespec){ .tv_sec = (time_t)sec, .tv_nsec = (long)rem };
+}
+
 /* fsync unless the root is NOSYNC. */
 static int maybe_fsync(casfs_store *s, int fd)
 {
@@ -580,9 +592,19 @@ static int dir_stage_clean(casfs_store *s, unsigned *removed)
 
 /* ---------------------------------------------------------------- sessions */
 
-/* .casfs/sessions/<pid>.<random>: "start=<ns>", flock()ed for the life of
- * the session, removed when it ends.  One that nobody holds locked was left
- * by a process that died. */
+/* .casfs/sessions/<pid>.<random>: "start=<ns>\n", then "mark=<ns>\n" once
+ * casfs_store_sync() has made the store durable (rewritten in place, fixed
+ * width), flock()ed for the life of the session, removed when it ends.  One
+ * that nobody holds locked was left by a process that died: what it
+ * published after its mark (or its start) is suspect.  Sessions themselves
+ * are always synced, whether or not the store defers its syncs. */
+#define SESSION_START_LEN 26 /* "start=" + 19 digits + "\n" */
+
+static int root_fsync(casfs_store *s, int fd)
+{
+	return casfs__root_nosync(s) || fsync(fd) == 0 ? 0 : casfs__errno(-errno, "fsync");
+}
+
 static int dir_session_begin(casfs_store *s, int *session, int64_t *unclean_since)
 {
 	*session = -1;
@@ -602,12 +624,16 @@ static int dir_session_begin(casfs_store *s, int *session, int64_t *unclean_sinc
 		if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
 			char buf[64] = "";
 			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-			long long start = 0;
-			if (n > 0 && sscanf(buf, "start=%lld", &start) == 1 && start > 0 &&
-			    (*unclean_since == 0 || start < *unclean_since))
-				*unclean_since = start;
-			else if (n <= 0 || start <= 0)
+			long long start = 0, mark = 0;
+			int got = n > 0 ? sscanf(buf, "start=%lld\nmark=%lld", &start, &mark) : 0;
+			if (got >= 1 && start > 0) {
+				if (got == 2 && mark > start)
+					start = mark;
+				if (*unclean_since == 0 || start < *unclean_since)
+					*unclean_since = start;
+			} else {
 				*unclean_since = 1; /* unreadable: suspect everything */
+			}
 			unlinkat(dfd, e->d_name, 0);
 		}
 		close(fd);
@@ -621,9 +647,9 @@ static int dir_session_begin(casfs_store *s, int *session, int64_t *unclean_sinc
 	if (fd < 0 || flock(fd, LOCK_EX) < 0) {
 		rc = casfs__errno(-errno, "cannot record a session in store '%s'", s->id);
 	} else {
-		snprintf(text, sizeof(text), "start=%lld\n", (long long)casfs__now_ns());
-		if ((rc = casfs__write_all(fd, text, strlen(text))) == 0 && !casfs__nosync(s))
-			fsync(fd);
+		snprintf(text, sizeof(text), "start=%019lld\n", (long long)casfs__now_ns());
+		if ((rc = casfs__write_all(fd, text, strlen(text))) == 0)
+			rc = root_fsync(s, fd);
 		if (rc == 0) {
 			*session = fd;
 			fd = -1;
@@ -631,7 +657,7 @@ static int dir_session_begin(casfs_store *s, int *session, int64_t *unclean_sinc
 	}
 	xclose(fd);
 	if (rc == 0)
-		maybe_fsync(s, dfd);
+		rc = root_fsync(s, dfd);
 	close(dfd);
 	return rc;
 }
@@ -651,7 +677,7 @@ static void dir_session_end(casfs_store *s, int session)
 			if (fstatat(dfd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_ino == mine.st_ino &&
 			    sb.st_dev == mine.st_dev) {
 				unlinkat(dfd, e->d_name, 0);
-				maybe_fsync(s, dfd);
+				root_fsync(s, dfd);
 				break;
 			}
 		}
@@ -660,6 +686,25 @@ static void dir_session_end(casfs_store *s, int session)
 		close(dfd);
 	}
 	close(session);
+}
+
+/* One syncfs(2) makes every file of the filesystem durable: blobs, labels,
+ * their directories and the journal.  The mark then goes into the session
+ * file without a sync of its own: it becomes durable with the next sync
+ * (or the filesystem's own commit), and until then the older mark, which
+ * suspects more, is what a crash leaves. */
+static int dir_store_sync(casfs_store *s, int session, int64_t mark)
+{
+	if (syncfs(S(s)->fd) < 0)
+		return casfs__errno(-errno, "cannot sync store '%s'", s->id);
+	if (session >= 0) {
+		char text[64];
+		int n = snprintf(text, sizeof(text), "mark=%019lld\n", (long long)mark);
+		int rc = casfs__pwrite_all(session, text, (size_t)n, SESSION_START_LEN);
+		if (rc < 0)
+			return casfs__errno(rc, "cannot record a sync in the session of store '%s'", s->id);
+	}
+	return 0;
 }
 
 static int dir_stage_sync(casfs_store *s, struct casfs_stage *const *st, size_t n)
@@ -1022,7 +1067,8 @@ static int dir_label_read(casfs_store *s, const char *name, char *buf, size_t si
 	return rc;
 }
 
-static int dir_label_write(casfs_store *s, const char *name, const char *hex, const char *cur)
+static int dir_label_write(casfs_store *s, const char *name, const char *hex, const char *cur,
+			   const uint32_t *mode_in, const int64_t *mtime_ns)
 {
 	(void)cur; /* the exclusive lock keeps it */
 	struct casfs_stage st = { .fd = -1 };
@@ -1039,9 +1085,15 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex, co
 	/* A new version keeps the permission bits of the one it replaces. */
 	struct stat prev;
 	mode_t mode = 0644;
-	if (fstatat(lp.fd, lp.leaf, &prev, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(prev.st_mode))
+	if (mode_in)
+		mode = *mode_in & 07777;
+	else if (fstatat(lp.fd, lp.leaf, &prev, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(prev.st_mode))
 		mode = prev.st_mode & 07777;
-	if (fchmod(st.fd, mode) < 0 || (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
+	struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_nsec = UTIME_OMIT } };
+	if (mtime_ns)
+		ts[1] = ns_ts(*mtime_ns);
+	if (fchmod(st.fd, mode) < 0 || (mtime_ns && futimens(st.fd, ts) < 0) ||
+	    (!casfs__nosync(s) && fdatasync(st.fd) < 0)) {
 		rc = casfs__errno(-errno, "cannot write label '%s'", name);
 		goto out;
 	}
@@ -1239,7 +1291,7 @@ static int dir_label_setattr(casfs_store *s, const char *name, const uint32_t *m
 		if (rc == 0 && mtime_ns) {
 			struct timespec ts[2] = {
 				{ .tv_nsec = UTIME_OMIT },
-				{ .tv_sec = *mtime_ns / 1000000000LL, .tv_nsec = *mtime_ns % 1000000000LL },
+				ns_ts(*mtime_ns),
 			};
 			if (futimens(fd, ts) < 0)
 				rc = casfs__errno(-errno, "cannot set the time of label '%s'", name);
@@ -1473,6 +1525,7 @@ const struct casfs_backend casfs__backend_dir = {
 	.stage_clean = dir_stage_clean,
 	.session_begin = dir_session_begin,
 	.session_end = dir_session_end,
+	.store_sync = dir_store_sync,
 	.stage_sync = dir_stage_sync,
 	.blob_publish = dir_blob_publish,
 	.publish_sync = dir_publish_sync,

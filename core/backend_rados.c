@@ -1568,7 +1568,8 @@ static int why_cancelled(casfs_store *s, const char *name)
 	return -EAGAIN;
 }
 
-static int rados_label_write(casfs_store *s, const char *name, const char *hex, const char *cur)
+static int rados_label_write(casfs_store *s, const char *name, const char *hex, const char *cur,
+			     const uint32_t *mode, const int64_t *mtime_ns)
 {
 	char scratch[CASFS_LABEL_MAX + 2], dkey[CASFS_LABEL_MAX + 2];
 	snprintf(dkey, sizeof(dkey), "%s/", name);
@@ -1589,7 +1590,9 @@ static int rados_label_write(casfs_store *s, const char *name, const char *hex, 
 	}
 	/* A new version keeps the permission bits of the one it replaces. */
 	struct lval nl;
-	lval_new(&nl, hex, n.val ? l.mode : 0644);
+	lval_new(&nl, hex, mode ? *mode & 07777 : n.val ? l.mode : 0644);
+	if (mtime_ns)
+		nl.mtime = *mtime_ns;
 	if (n.val) {
 		nl.uid = l.uid;
 		nl.gid = l.gid;

@@ -95,6 +95,11 @@ struct casfs_backend {
 	int (*stage_clean)(casfs_store *s, unsigned *removed);
 	int (*session_begin)(casfs_store *s, int *session, int64_t *unclean_since);
 	void (*session_end)(casfs_store *s, int session);
+	/* Makes every change published so far durable; then, if session >= 0,
+	 * records mark (ns since the epoch) in it: blobs older than the mark
+	 * need no check after an unclean stop.  NULL: changes are durable as
+	 * they are made. */
+	int (*store_sync)(casfs_store *s, int session, int64_t mark);
 	/* Makes the content of the staging files durable. */
 	int (*stage_sync)(casfs_store *s, struct casfs_stage *const *st,
 			  size_t n);
@@ -138,8 +143,11 @@ struct casfs_backend {
 	 * cur is the digest the caller saw ("" for none): if the label no
 	 * longer holds it, nothing changes and the result is -EAGAIN (the
 	 * caller reads again).  The directory backend's exclusive lock makes
-	 * that impossible; a shared backend guards the write itself. */
-	int (*label_write)(casfs_store *s, const char *name, const char *hex, const char *cur);
+	 * that impossible; a shared backend guards the write itself.  mode
+	 * and mtime_ns, if not NULL, are the new version's attributes (else
+	 * it keeps the old permission bits, and is changed now). */
+	int (*label_write)(casfs_store *s, const char *name, const char *hex, const char *cur,
+			   const uint32_t *mode, const int64_t *mtime_ns);
 	int (*label_delete)(casfs_store *s, const char *name, const char *cur);
 	/* Renames a label or a whole directory of labels as one step. */
 	int (*label_rename)(casfs_store *s, const char *from, const char *to);
@@ -195,11 +203,33 @@ struct casfs_store {
 	casfs_algo algo;
 	char id[CASFS_ID_MAX + 1];
 	void *b;
+	/* casfs_store_defer_sync(): changes are not synced as they are made
+	 * but counted, and made durable by casfs_store_sync(). */
+	bool defer_sync;
+	uint64_t unsynced; /* changes counted (atomic) */
+	uint64_t synced;   /* of which covered by the last casfs_store_sync() */
 };
 
-static inline bool casfs__nosync(const casfs_store *s)
+/* The root was opened CASFS_ROOT_NOSYNC: never sync. */
+static inline bool casfs__root_nosync(const casfs_store *s)
 {
 	return (s->root->flags & CASFS_ROOT_NOSYNC) != 0;
+}
+
+/* Whether a change just made is *not* to be synced now: the root is
+ * NOSYNC, or the store defers its syncs (then the change is counted, so
+ * that the next casfs_store_sync() knows it has work).  Every change ends
+ * with such a question (after its last rename or write), so the count
+ * moves after the change is visible. */
+static inline bool casfs__nosync(casfs_store *s)
+{
+	if (casfs__root_nosync(s))
+		return true;
+	if (s->defer_sync) {
+		__atomic_add_fetch(&s->unsynced, 1, __ATOMIC_RELEASE);
+		return true;
+	}
+	return false;
 }
 
 /* --------------------------------------------------------------- journal */

@@ -100,25 +100,37 @@ static int contended(const char *name)
 	return casfs__err(-EBUSY, "label '%s' keeps changing under us: gave up", name);
 }
 
+/* What a commit knows already when it sets the label, and what it sets
+ * with it. */
+struct set_how {
+	bool blob_known;      /* just published (or found) under the lock */
+	bool cur_known;       /* cur was read under the lock */
+	const uint32_t *mode; /* permission bits (NULL: keep the old ones) */
+	const int64_t *mtime; /* modification time (NULL: now) */
+};
+
 /* The locked part of a set: blob present, expectation met, write. */
 static int set_locked(casfs_store *s, const char *name, const char *hex, const char *expect,
-		      char cur[CASFS_HEX_MAX])
+		      char cur[CASFS_HEX_MAX], const struct set_how *how)
 {
-	int rc = s->be->blob_stat(s, hex, NULL, NULL);
+	static const struct set_how plain;
+	if (!how)
+		how = &plain;
+	int rc = how->blob_known ? 0 : s->be->blob_stat(s, hex, NULL, NULL);
 	if (rc == -ENOENT)
 		return casfs__err(-ENOENT, "no blob %s in store '%s'", hex, s->id);
 	if (rc < 0)
 		return rc;
 	for (int tries = 0; tries < GUARD_TRIES; tries++) {
-		if ((rc = current(s, name, cur)) < 0)
+		if ((tries > 0 || !how->cur_known) && (rc = current(s, name, cur)) < 0)
 			return rc;
 		if ((rc = check_expect(name, cur, expect)) < 0)
 			return rc;
-		if (strcmp(cur, hex) == 0)
-			return 0; /* already there */
+		if (strcmp(cur, hex) == 0) /* already there: only the attributes */
+			return how->mode || how->mtime ? s->be->label_setattr(s, name, how->mode, how->mtime) : 0;
 		/* -EAGAIN: changed by someone else since we read it (only on
 		 * a backend shared by machines): decide again. */
-		if ((rc = s->be->label_write(s, name, hex, cur)) != -EAGAIN)
+		if ((rc = s->be->label_write(s, name, hex, cur, how->mode, how->mtime)) != -EAGAIN)
 			return rc;
 	}
 	return contended(name);
@@ -137,7 +149,7 @@ int casfs_label_set(casfs_store *s, const char *name, const char *hex, const cha
 		return casfs__journal_ret(s, "label", name, hex, NULL, rc);
 	int token;
 	if ((rc = s->be->lock(s, false, &token)) == 0) {
-		rc = set_locked(s, name, hex, expect, cur);
+		rc = set_locked(s, name, hex, expect, cur, NULL);
 		s->be->unlock(s, token);
 	}
 	if (old_out)
@@ -245,7 +257,8 @@ int casfs_label_list(casfs_store *s, casfs_name_fn fn, void *ud)
 
 /* Publishes a prepared writer and points name at it under the lock. */
 static int label_commit_prepared(casfs_store *s, const char *name, casfs_writer *w, int prep,
-				 const char *hex, const char *expect, char cur[CASFS_HEX_MAX])
+				 const char *hex, const char *expect, char cur[CASFS_HEX_MAX],
+				 const uint32_t *mode, const int64_t *mtime)
 {
 	int token;
 	int rc = s->be->lock(s, false, &token);
@@ -263,14 +276,15 @@ static int label_commit_prepared(casfs_store *s, const char *name, casfs_writer 
 		if (rc >= 0)
 			rc = s->be->publish_sync(s);
 	}
+	struct set_how how = { .blob_known = prep == 0, .cur_known = true, .mode = mode, .mtime = mtime };
 	if (rc >= 0)
-		rc = set_locked(s, name, hex, expect, cur);
+		rc = set_locked(s, name, hex, expect, cur, &how);
 	s->be->unlock(s, token);
 	return rc;
 }
 
-int casfs_label_commit(casfs_store *s, const char *name, casfs_writer *w, const char *expect,
-		       char hex_out[CASFS_HEX_MAX])
+int casfs_label_commit_attrs(casfs_store *s, const char *name, casfs_writer *w, const char *expect,
+			     char hex_out[CASFS_HEX_MAX], const uint32_t *mode, const int64_t *mtime_ns)
 {
 	char hex[CASFS_HEX_MAX] = "", cur[CASFS_HEX_MAX] = "";
 	int rc = casfs_label_check(name);
@@ -282,11 +296,17 @@ int casfs_label_commit(casfs_store *s, const char *name, casfs_writer *w, const 
 	if (prep < 0)
 		rc = prep;
 	else
-		rc = label_commit_prepared(s, name, w, prep, hex, expect, cur);
+		rc = label_commit_prepared(s, name, w, prep, hex, expect, cur, mode, mtime_ns);
 	if (rc >= 0 && hex_out)
 		strcpy(hex_out, hex);
 	return casfs__journal_ret(s, "store-at-label", name, hex[0] ? hex : NULL,
 				  cur[0] ? cur : NULL, rc < 0 ? rc : 0);
+}
+
+int casfs_label_commit(casfs_store *s, const char *name, casfs_writer *w, const char *expect,
+		       char hex_out[CASFS_HEX_MAX])
+{
+	return casfs_label_commit_attrs(s, name, w, expect, hex_out, NULL, NULL);
 }
 
 int casfs_label_put_fd(casfs_store *s, const char *name, int fd, const char *expect,

@@ -250,6 +250,29 @@ void casfs_store_session_end(casfs_store *s, int session)
 	s->be->session_end(s, session);
 }
 
+void casfs_store_defer_sync(casfs_store *s, int on)
+{
+	s->defer_sync = on != 0;
+}
+
+/* A change published within this long before a sync began may carry an
+ * older timestamp (file times come from a coarse clock): such blobs stay
+ * suspect. */
+#define SYNC_MARK_SLACK_NS 1000000000LL
+
+int casfs_store_sync(casfs_store *s, int session)
+{
+	uint64_t seen = __atomic_load_n(&s->unsynced, __ATOMIC_ACQUIRE);
+	if (seen == __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) || !s->be->store_sync ||
+	    casfs__root_nosync(s))
+		return 0;
+	int64_t mark = casfs__now_ns() - SYNC_MARK_SLACK_NS;
+	int rc = s->be->store_sync(s, session, mark);
+	if (rc == 0)
+		__atomic_store_n(&s->synced, seen, __ATOMIC_RELEASE);
+	return rc;
+}
+
 int casfs_blob_quarantine(casfs_store *s, const char *hex)
 {
 	int rc = casfs_digest_check(s->algo, hex);
@@ -762,7 +785,7 @@ int casfs_writer_pwrite(casfs_writer *w, const void *buf, size_t n, uint64_t off
 		w->size = off + n;
 	/* Start writeback of what streamed in, so that the sync at commit
 	 * (close(2) through the filesystem) finds little left to do. */
-	if (!casfs__nosync(w->s) && w->size >= w->written_back + (8u << 20)) {
+	if (!casfs__root_nosync(w->s) && w->size >= w->written_back + (8u << 20)) {
 		sync_file_range(w->st.fd, (off_t)w->written_back, (off_t)(w->size - w->written_back),
 				SYNC_FILE_RANGE_WRITE);
 		w->written_back = w->size;
@@ -1056,7 +1079,7 @@ static int write_fd_kernel_copy(casfs_writer *w, int fd, const struct stat *befo
 		return 1;
 	loff_t in = start, out = 0;
 	uint64_t synced = 0;
-	bool dosync = !casfs__nosync(w->s);
+	bool dosync = !casfs__root_nosync(w->s);
 	int rc = 0;
 	for (;;) {
 		ssize_t n = copy_file_range(fd, &in, w->st.fd, &out, 8 << 20, 0);
@@ -1171,7 +1194,7 @@ int casfs_writer_write_fd(casfs_writer *w, int fd, void (*progress)(uint64_t, vo
 		goto out_sync;
 	}
 	uint64_t off = w->size, synced = off;
-	bool dosync = !casfs__nosync(w->s);
+	bool dosync = !casfs__root_nosync(w->s);
 	for (uint64_t i = 0;; i++) {
 		unsigned slot = (unsigned)(i % SLOTS);
 		if (i > 0) {

@@ -49,6 +49,15 @@ struct fstore {
 	struct fstore *next;
 };
 
+/* Makes what the store published durable now (SPEC §6: fsync(2), and the
+ * flusher); 0 at once if nothing is pending. */
+int fstore_sync(struct fstore *st);
+int fstore_sync_all(void); /* every store open, the first error */
+/* The flusher: a thread that makes every store's changes durable within
+ * fs.commit_ns of being made (the default, without -o sync). */
+int fs_flusher_start(void);
+void fs_flusher_stop(void);
+
 /* 0 if the blob open on fd may be served; -EIO (and the blob quarantined)
  * if it was stored since an unclean stop and no longer matches its name. */
 int fstore_check_blob(struct fstore *st, const char *hex, int fd);
@@ -78,7 +87,8 @@ struct fs_config {
 	casfs_algo new_algo;   /* for mkdir of a store */
 	bool read_only;
 	bool remote;           /* a rados: root (root_path is its cache) */
-	bool sync;
+	bool sync;             /* -o sync: durable before close(2) returns */
+	int64_t commit_ns;     /* -o commit=: otherwise synced this often */
 	bool foreground;
 	bool debug;
 	struct fuse_session *se;

@@ -6,6 +6,7 @@
 #include "fs.h"
 #include "fsint.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -47,7 +48,8 @@ static int usage(const char *msg)
 		"  -f   stay in the foreground (log to stderr)\n"
 		"  -d   debug: print every request (implies -f)\n"
 		"  -s   single-threaded\n"
-		"  -o   ro, rw, allow_other, default_permissions, sync, hash=sha256|sha1,\n"
+		"  -o   ro, rw, allow_other, default_permissions, sync, commit=SECONDS,\n"
+		"       hash=sha256|sha1,\n"
 		"       for ROOT rados:POOL[/NAMESPACE]: ceph_conf=FILE, ceph_id=NAME,\n"
 		"       ceph_timeout=SECONDS, cache_dir=DIR, cache_size=SIZE,\n"
 		"       and the generic mount options (nosuid, nodev, noexec, noatime, ...)\n");
@@ -93,6 +95,13 @@ static int take_opts(char *opts, char **pass)
 			fs.sync = true;
 		} else if (!strcmp(o, "async")) {
 			fs.sync = false;
+		} else if (!strncmp(o, "commit=", 7)) {
+			char *end;
+			errno = 0;
+			double sec = strtod(o + 7, &end);
+			if (errno || end == o + 7 || *end || !(sec >= 0.001 && sec <= 3600))
+				return usage("-o commit= takes seconds, from 0.001 to 3600");
+			fs.commit_ns = (int64_t)(sec * 1e9);
 		} else if (!strcmp(o, "ro")) {
 			fs.read_only = true;
 			add_opt(pass, o);
@@ -121,6 +130,7 @@ int casfs_fs_main(int argc, char **argv)
 	bool single = false;
 	int rc = 0;
 	fs.new_algo = CASFS_SHA256;
+	fs.commit_ns = 1000000000LL;
 	fs.uid = getuid();
 	fs.gid = getgid();
 	for (int i = 1; i < argc; i++) {
@@ -250,6 +260,10 @@ int casfs_fs_main(int argc, char **argv)
 	/* Staging debris of writers that died (a killed daemon, a killed
 	 * command) goes before anything is served. */
 	casfs_store_list(fs.root, open_store_at_start, NULL);
+	if (!fs.read_only && (rc = fs_flusher_start()) < 0) {
+		fs_log(LOG_ERR, "cannot start the flusher thread: %s", strerror(-rc));
+		goto out_unmount;
+	}
 	fs_log(LOG_INFO, "mounted %s on %s", root_abs, mnt_abs);
 	if (single) {
 		rc = fuse_session_loop(fs.se);
@@ -267,6 +281,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_root:
 	fuse_opt_free_args(&args);
+	fs_flusher_stop();
 	fs_ops_teardown();
 	fstore_close_all();
 	casfs_root_free(fs.root);

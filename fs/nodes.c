@@ -10,7 +10,11 @@
  */
 #include "fsint.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 #include <string.h>
 #include <limits.h>
 #include <sys/stat.h>
@@ -345,8 +349,12 @@ int fstore_get(const char *id, struct fstore **out)
 		if (since) {
 			st->suspect_since = since;
 			fs_log(LOG_NOTICE, "store %s: an earlier daemon stopped uncleanly; blobs stored "
-			       "since then are verified before they are served", id);
+			       "since its last sync are verified before they are served", id);
 		}
+		/* With a session to tell an unclean stop by, commits need not
+		 * wait for the disk: the flusher syncs them (SPEC §6). */
+		if (st->session >= 0 && !fs.sync)
+			casfs_store_defer_sync(s, 1);
 	}
 	fs_identity(saved_uid, saved_gid);
 	st->next = stores;
@@ -370,7 +378,13 @@ void fstore_close_all(void)
 	pthread_mutex_lock(&stores_mu);
 	for (struct fstore *st = stores, *n; st; st = n) {
 		n = st->next;
-		casfs_store_session_end(st->s, st->session); /* a clean stop */
+		/* A clean stop: everything durable, then the session ends.  If
+		 * the last sync fails, the session stays, so the next daemon
+		 * checks what this one stored since its last good sync. */
+		if (fstore_sync(st) == 0)
+			casfs_store_session_end(st->s, st->session);
+		else
+			close(st->session);
 		casfs_store_free(st->s);
 		pthread_mutex_destroy(&st->vmu);
 		free(st->verified);
@@ -390,6 +404,88 @@ void fstore_close_all(void)
 	free(by_key);
 	by_ino = by_key = NULL;
 	nbuckets = nnodes = 0;
+}
+
+/* ------------------------------------------------------- the flusher */
+
+int fstore_sync(struct fstore *st)
+{
+	int rc = casfs_store_sync(st->s, st->session);
+	if (rc < 0)
+		fs_log(LOG_ERR, "store %s: %s", st->id, casfs_error_last());
+	return rc;
+}
+
+int fstore_sync_all(void)
+{
+	/* Stores are only ever added at the head, and freed after the last
+	 * request and the flusher. */
+	pthread_mutex_lock(&stores_mu);
+	struct fstore *head = stores;
+	pthread_mutex_unlock(&stores_mu);
+	int rc = 0;
+	for (struct fstore *st = head; st; st = st->next) {
+		int r = __atomic_load_n(&st->dead, __ATOMIC_RELAXED) ? 0 : fstore_sync(st);
+		if (r < 0 && rc == 0)
+			rc = r;
+	}
+	return rc;
+}
+
+static pthread_t flusher;
+static bool flusher_running, flusher_stop;
+static pthread_mutex_t flusher_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t flusher_cv;
+
+static void *flusher_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&flusher_mu);
+	while (!flusher_stop) {
+		struct timespec at;
+		clock_gettime(CLOCK_MONOTONIC, &at);
+		int64_t ns = at.tv_nsec + fs.commit_ns;
+		at.tv_sec += (time_t)(ns / 1000000000LL);
+		at.tv_nsec = (long)(ns % 1000000000LL);
+		while (!flusher_stop && pthread_cond_timedwait(&flusher_cv, &flusher_mu, &at) != ETIMEDOUT)
+			;
+		if (flusher_stop)
+			break;
+		pthread_mutex_unlock(&flusher_mu);
+		fstore_sync_all();
+		pthread_mutex_lock(&flusher_mu);
+	}
+	pthread_mutex_unlock(&flusher_mu);
+	return NULL;
+}
+
+int fs_flusher_start(void)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&flusher_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	int rc = pthread_create(&flusher, NULL, flusher_main, NULL);
+	if (rc != 0) {
+		pthread_cond_destroy(&flusher_cv);
+		return -rc;
+	}
+	flusher_running = true;
+	return 0;
+}
+
+void fs_flusher_stop(void)
+{
+	if (!flusher_running)
+		return;
+	pthread_mutex_lock(&flusher_mu);
+	flusher_stop = true;
+	pthread_cond_signal(&flusher_cv);
+	pthread_mutex_unlock(&flusher_mu);
+	pthread_join(flusher, NULL);
+	pthread_cond_destroy(&flusher_cv);
+	flusher_running = false;
 }
 
 /* ------------------------------------------------- checks after a crash */

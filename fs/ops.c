@@ -209,6 +209,7 @@ struct handle {
 	bool writable;
 	bool flushed;      /* closed by the program, release still to come */
 	long opener;       /* process (tgid) that opened it, -1 if unknown */
+#define OPENER_UNASKED (-2L)
 	pid_t opener_tid;  /* the thread that opened it */
 	uid_t uid;         /* who opened it: commits at release are made as them */
 	gid_t gid;
@@ -378,7 +379,10 @@ static int version_commit(struct version *v, bool force)
 	if (!name)
 		return -ENOMEM;
 	char hex[CASFS_HEX_MAX];
-	int rc = casfs_label_commit(x->st->s, name, v->w, NULL, hex);
+	/* The label keeps the mode and mtime of the file as written. */
+	uint32_t *mode = v->set_mode ? &v->mode : NULL;
+	int64_t mt = v->mtime_ns;
+	int rc = casfs_label_commit_attrs(x->st->s, name, v->w, NULL, hex, mode, &mt);
 	v->commit_failed = rc < 0;
 	if (rc < 0) {
 		fs_log(LOG_WARNING, "commit of %s/incoming/%s failed: %s", x->st->id, name,
@@ -388,9 +392,6 @@ static int version_commit(struct version *v, bool force)
 	}
 	v->dirty = false;
 	version_set_base(v, x->st, hex);
-	uint32_t *mode = v->set_mode ? &v->mode : NULL;
-	int64_t mt = v->mtime_ns;
-	casfs_label_setattr(x->st->s, name, mode, &mt);
 	free(name);
 	return 0;
 }
@@ -1257,7 +1258,7 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 	h->fd = -1;
 	h->writable = writable;
 	h->opener_tid = fuse_req_ctx(req)->pid;
-	h->opener = tgid_of(h->opener_tid);
+	h->opener = OPENER_UNASKED; /* asked only if another thread flushes */
 	h->uid = fuse_req_ctx(req)->uid;
 	h->gid = fuse_req_ctx(req)->gid;
 	int rc = 0;
@@ -1504,8 +1505,21 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		 * multithreaded writer closing it at exec or exit) does not
 		 * end the version: the opener may be writing still. */
 		pid_t tid = fuse_req_ctx(req)->pid;
-		long tgid = h->opener >= 0 && tid != h->opener_tid ? tgid_of(tid) : -1;
-		if (tgid >= 0 && tgid != h->opener) {
+		long tgid = -1, opener = -1;
+		if (tid != h->opener_tid) {
+			/* Asked now, not at open: a program that closes in the
+			 * thread that opened (nearly all) never pays for
+			 * reading /proc.  If the opening thread is gone, the
+			 * process cannot be told: the close commits. */
+			opener = __atomic_load_n(&h->opener, __ATOMIC_RELAXED);
+			if (opener == OPENER_UNASKED) {
+				opener = tgid_of(h->opener_tid);
+				__atomic_store_n(&h->opener, opener, __ATOMIC_RELAXED);
+			}
+			if (opener >= 0)
+				tgid = tgid_of(tid);
+		}
+		if (tgid >= 0 && tgid != opener) {
 			fuse_reply_err(req, 0);
 			return;
 		}
@@ -1532,9 +1546,11 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, -rc);
 }
 
+/* fsync(2) of any file or directory of a store: commit what is being
+ * written, then make the store's published changes durable (they wait
+ * for the flusher otherwise). */
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	(void)ino;
 	(void)datasync;
 	set_caller(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
@@ -1544,7 +1560,18 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		rc = version_commit(h->v, false);
 		pthread_mutex_unlock(&h->v->mu);
 	}
+	struct node *x = node_get(ino);
+	if (rc == 0 && x && x->st)
+		rc = fstore_sync(x->st);
 	fuse_reply_err(req, -rc);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)datasync;
+	(void)fi;
+	struct node *x = node_get(ino);
+	fuse_reply_err(req, x && x->st ? -fstore_sync(x->st) : -fstore_sync_all());
 }
 
 static void handle_close(struct handle *h, bool commit);
@@ -1867,6 +1894,7 @@ const struct fuse_lowlevel_ops casfs_fs_ops = {
 	.flush = op_flush,
 	.release = op_release,
 	.fsync = op_fsync,
+	.fsyncdir = op_fsyncdir,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
 	.releasedir = op_releasedir,

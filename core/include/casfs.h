@@ -134,11 +134,27 @@ int casfs_store_clean_staging(casfs_store *store, unsigned *removed);
 /* Sessions, for long-lived users such as the filesystem daemon (SPEC §6):
  * a session marks the store as in use until it ends cleanly.  Beginning
  * one reports, in *unclean_since, the start time (ns since the epoch) of
- * the oldest earlier session that never ended (its process died), or 0:
+ * the oldest earlier session that never ended (its process died), or the
+ * last mark it recorded with casfs_store_sync() if later, or 0:
  * blobs stored or freshened since then deserve a check before they are
  * served.  *session is a token for casfs_store_session_end(). */
 int casfs_store_session_begin(casfs_store *store, int *session, int64_t *unclean_since);
 void casfs_store_session_end(casfs_store *store, int session);
+
+/* Deferred durability, the filesystem daemon's default (SPEC §6, casfs(7)):
+ * on a store handle with on non-zero, blobs and labels are published without
+ * waiting for the disk, and casfs_store_sync() makes all of them durable at
+ * once.  Use it only with a session, so that an unclean stop is noticed and
+ * what was published after the last sync is checked.  Stores of a root
+ * opened CASFS_ROOT_NOSYNC never sync; rados: roots are durable as they go. */
+void casfs_store_defer_sync(casfs_store *store, int on);
+/* Makes durable every change published through this store handle (one
+ * syncfs(2) on a directory root) and records in the session (from
+ * casfs_store_session_begin, or -1) that blobs stored before then are safe:
+ * a later casfs_store_session_begin() after an unclean stop reports that
+ * time, less a second of slack, rather than the session's start.  Nothing
+ * to do (no change since the last call) returns 0 at once. */
+int casfs_store_sync(casfs_store *store, int session);
 
 /* Moves a blob aside into .casfs/quarantine/ (as fsck --repair does). */
 int casfs_blob_quarantine(casfs_store *store, const char *hex);
@@ -292,6 +308,11 @@ int casfs_label_put_fd(casfs_store *store, const char *name, int fd,
 /* Same for a writer: commits it and points the label at the result. */
 int casfs_label_commit(casfs_store *store, const char *name, casfs_writer *w,
 		       const char *expect, char hex_out[CASFS_HEX_MAX]);
+/* Same, and the label's permission bits and modification time (NULL: keep
+ * the old bits; the time of the change) are set with it, in one step. */
+int casfs_label_commit_attrs(casfs_store *store, const char *name, casfs_writer *w,
+			     const char *expect, char hex_out[CASFS_HEX_MAX],
+			     const uint32_t *mode, const int64_t *mtime_ns);
 
 /* ------------------------------------------------------------- maintenance */
 

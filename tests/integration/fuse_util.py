@@ -147,7 +147,7 @@ class Mount:
     """One running daemon: root (backing directory), mnt (mount point),
     casfs (the command on the same root), proc (the daemon process)."""
 
-    def __init__(self, casfs, root, mnt, cmd, how, log_path):
+    def __init__(self, casfs, root, mnt, cmd, how, log_path, env=None):
         self.casfs = casfs
         self.remote = isinstance(root, RootSpec)
         # root: the backing directory, or the RootSpec of a rados: root
@@ -160,8 +160,11 @@ class Mount:
         self.state = "starting"  # running, unmounted, killed, failed
         self.watchdog_fired = False
         self._log = open(self.log_path, "wb")
+        menv = mount_env(how, casfs.exe)
+        if env:
+            menv = dict(menv or os.environ, **env)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=mount_env(how, casfs.exe),
+                                     stderr=subprocess.STDOUT, env=menv,
                                      start_new_session=True)
         self._watchdog = threading.Timer(WATCHDOG, self._on_watchdog)
         self._watchdog.daemon = True
@@ -312,10 +315,11 @@ class Mounter:
         self.default_root = default_root
         self.mounts = []
 
-    def __call__(self, root=None, mnt=None, opts=(), args=()):
+    def __call__(self, root=None, mnt=None, opts=(), args=(), env=None):
         """Mounts root (default: the test's root for its backend; a
         directory is created if missing) on mnt (default tmp_path/mnt) and
-        returns the Mount once it is up."""
+        returns the Mount once it is up; env: more environment for the
+        daemon."""
         if not os.path.exists("/dev/fuse"):
             pytest.fail("/dev/fuse is missing: the filesystem tests need FUSE (modprobe fuse; "
                         "in a container, pass --device /dev/fuse)")
@@ -330,7 +334,7 @@ class Mounter:
         mnt.mkdir(parents=True, exist_ok=True)
         cmd = mount_command(self.how, self.exe, root, mnt, opts, args)
         log = self.tmp / f"daemon.{len(self.mounts)}.log"
-        m = Mount(Casfs(self.exe, root), root, mnt, cmd, self.how, log)
+        m = Mount(Casfs(self.exe, root), root, mnt, cmd, self.how, log, env)
         self.mounts.append(m)
         try:
             info = m.wait_mounted()

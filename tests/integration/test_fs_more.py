@@ -329,7 +329,7 @@ def test_blob_damaged_after_an_unclean_stop_is_quarantined_not_served(mounter):
     """SPEC §6: after a daemon dies, the next one hashes blobs stored since
     the dead one started before serving them; one truncated by hand in
     between is quarantined and never served."""
-    m = mounter()
+    m = mounter(opts=("commit=600",))  # no sync (and its mark) before the kill
     sid = m.casfs.out("new")
     body = os.urandom(200_000)
     good = b"stored before the crash, left intact"

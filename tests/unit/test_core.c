@@ -979,6 +979,54 @@ static void test_sessions(void)
 	casfs_store_free(s);
 }
 
+/* Deferred durability: casfs_store_sync() syncs only when something was
+ * published unsynced, and records a mark in the session, which is what a
+ * later session reports after an unclean stop (not the start). */
+static void test_deferred_sync(void)
+{
+	casfs_store *s;
+	casfs_store_create(root, "defer", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "defer"), 0, "open store for deferred syncs");
+	int a = -1, b = -1;
+	int64_t since = -1;
+	IS(casfs_store_session_begin(s, &a, &since), 0, "session");
+	casfs_store_defer_sync(s, 1);
+	IS(casfs_store_sync(s, a), 0, "a sync with nothing published");
+	usleep(1100000); /* so that the mark (a second of slack) passes the start */
+	char hex[CASFS_HEX_MAX];
+	IS(casfs_blob_put(s, "deferred\n", 9, hex), 0, "a blob published without a sync");
+	IS(casfs_label_set(s, "d", hex, NULL, NULL), 0, "a label set without a sync");
+	char got[CASFS_HEX_MAX] = "";
+	IS(casfs_label_get(s, "d", got), 0, "the deferred label reads back");
+	IS(strcmp(got, hex), 0, "with its digest");
+	int64_t before = casfs__test_now();
+	IS(casfs_store_sync(s, a), 0, "a sync of what was published");
+	if (backend_is_dir && a >= 0) {
+		char text[128] = "";
+		ssize_t n = pread(a, text, sizeof(text) - 1, 0);
+		long long start = 0, mark = 0;
+		OK(n > 0 && sscanf(text, "start=%lld\nmark=%lld", &start, &mark) == 2 && mark > start,
+		   "the session holds its mark, after its start: %s", text);
+		OK(mark >= before - 1000000000LL && mark <= casfs__test_now(),
+		   "the mark is the sync's time less a second (%lld, sync at %lld)", mark, (long long)before);
+		/* Nothing new since: the next sync leaves the mark alone. */
+		IS(casfs_store_sync(s, a), 0, "a second sync with nothing new");
+		long long mark2 = 0;
+		n = pread(a, text, sizeof(text) - 1, 0);
+		text[n > 0 ? n : 0] = '\0';
+		OK(sscanf(text, "start=%lld\nmark=%lld", &start, &mark2) == 2 && mark2 == mark,
+		   "nothing to sync: the mark stays");
+		close(a); /* the process dies */
+		a = -1;
+		IS(casfs_store_session_begin(s, &b, &since), 0, "a session after the unclean stop");
+		IS(since, mark, "it reports the dead session's last mark, not its start");
+		casfs_store_session_end(s, b);
+	} else if (a >= 0) {
+		casfs_store_session_end(s, a);
+	}
+	casfs_store_free(s);
+}
+
 struct thread_arg {
 	casfs_store *s;
 	int id, errors;
@@ -1191,6 +1239,7 @@ int main(int argc, char **argv)
 	test_listing_stamps();
 	test_theater_open();
 	test_sessions();
+	test_deferred_sync();
 	test_threads();
 	casfs_root_free(root);
 	if (!backend_is_dir) {

@@ -1,0 +1,221 @@
+"""SPEC §6 through a real mount: by default a close(2) publishes without
+waiting for the disk, and the daemon makes the store durable within the
+commit interval (-o commit=), at fsync(2), and before a clean stop; it
+records each sync in its session file, so that after an unclean stop only
+blobs stored since the last sync are checked.  -o sync waits for the disk
+before close(2) returns.
+
+There is no power to cut here: what reaches the disk when is read off the
+daemon's system calls (strace) and its session file."""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from fuse_util import how, mounter, poll, sha256  # noqa: F401
+
+SLACK_NS = 1_000_000_000  # a mark is the sync's start less a second (core/store.c)
+
+
+def daemon_pid(m):
+    """The pid of m's daemon: the casfs process whose arguments name m's
+    mount point (with mount(8), the daemon is the helper's child)."""
+    want = {str(m.mnt).encode(), os.path.realpath(m.mnt).encode()}
+    pids = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (argv and os.path.basename(argv[0]) == b"casfs" and b"mount" in argv
+                and want & set(argv)):
+            pids.append(int(p))
+    assert len(pids) == 1, f"looking for the daemon of {m.mnt}: {pids}"
+    return pids[0]
+
+
+def session_marks(bdir):
+    """{session file: mark or None} of a store's live sessions."""
+    out = {}
+    sdir = bdir / ".casfs" / "sessions"
+    for name in os.listdir(sdir) if sdir.exists() else ():
+        text = (sdir / name).read_text()
+        fields = dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
+        assert "start" in fields, text
+        out[name] = int(fields["mark"]) if "mark" in fields else None
+    return out
+
+
+def mark(bdir):
+    marks = session_marks(bdir)
+    assert len(marks) == 1, marks
+    return next(iter(marks.values())) or 0
+
+
+class Strace:
+    """strace -f on a running daemon, for some system calls, into a log."""
+
+    def __init__(self, pid, calls, log):
+        exe = shutil.which("strace")
+        assert exe, "strace is missing: add it to scripts/install-deps"
+        self.log = log
+        self.proc = subprocess.Popen([exe, "-f", "-qq", "-p", str(pid), "-e", f"trace={calls}",
+                                      "-o", str(log)], stdin=subprocess.DEVNULL)
+
+        def traced():
+            with open(f"/proc/{pid}/status") as f:
+                return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+        poll(traced, 10, "strace to attach to the daemon")
+
+    def lines(self):
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        return self.lines()
+
+
+def calls(lines, name):
+    return [x for x in lines if f" {name}(" in x or x.startswith(f"{name}(")]
+
+
+@pytest.mark.dir_only  # reads the session files and traces the directory backend's syncs
+def test_close_does_not_wait_for_the_disk_and_a_clean_stop_syncs(mounter, tmp_path):
+    # LeakSanitizer cannot run in a process that is traced when it exits.
+    m = mounter(opts=("commit=600",), env={"ASAN_OPTIONS": "detect_leaks=0"})
+    sid = m.casfs.out("new")
+    d, bdir = m.store(sid)
+    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    st = Strace(daemon_pid(m), "fsync,fdatasync,syncfs,unlink,unlinkat", tmp_path / "strace.log")
+    bodies = {f"f{i}": os.urandom(50_000 + i) for i in range(3)}
+    for name, body in bodies.items():
+        (d / "incoming" / name).write_bytes(body)
+    for name, body in bodies.items():  # published at close, as always
+        assert (d / "labels" / name).read_bytes() == body
+        assert (bdir / "labels" / name).read_text() == sha256(body)
+    time.sleep(0.3)
+    lines = st.lines()
+    assert not calls(lines, "fsync") and not calls(lines, "fdatasync") and not calls(lines, "syncfs"), (
+        "a close waited for the disk (or the flusher ran early):\n" + "\n".join(lines))
+    (session,) = session_marks(bdir)
+    m.unmount()
+    st.proc.wait(timeout=30)  # strace ends with the daemon
+    lines = st.lines()
+    syncs = [i for i, x in enumerate(lines) if " syncfs(" in x and "= 0" in x]
+    ends = [i for i, x in enumerate(lines) if "unlinkat(" in x and f'"{session}"' in x]
+    assert syncs, "a clean stop did not sync the store:\n" + "\n".join(lines)
+    assert not session_marks(bdir), "a clean stop left its session file"
+    assert ends and ends[0] > syncs[0], "the session ended before the sync:\n" + "\n".join(lines)
+
+
+@pytest.mark.dir_only  # reads the session files
+def test_the_flusher_syncs_within_the_commit_interval(mounter):
+    m = mounter(opts=("commit=0.2",))
+    sid = m.casfs.out("new")
+    d, bdir = m.store(sid)
+    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    for i in range(3):
+        t0 = time.time_ns()
+        (d / "incoming" / f"f{i}").write_bytes(os.urandom(10_000))
+        # The first sync after the write records a mark of its start, less
+        # the slack; one before the write has an older mark.
+        poll(lambda: mark(bdir) >= t0 - SLACK_NS, 10, f"a sync after write {i}")
+    # Nothing changes: no more syncs, the mark stays.
+    still = mark(bdir)
+    time.sleep(1)
+    assert mark(bdir) == still
+
+
+@pytest.mark.dir_only  # reads the session files
+def test_fsync_makes_the_store_durable_at_once(mounter):
+    m = mounter(opts=("commit=600",))
+    sid = m.casfs.out("new")
+    d, bdir = m.store(sid)
+    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    assert mark(bdir) == 0, "synced without a reason"
+    t0 = time.time_ns()
+    fd = os.open(d / "incoming" / "f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"made durable by fsync")
+        os.fsync(fd)
+        assert mark(bdir) >= t0 - SLACK_NS, "fsync(2) returned before the store was synced"
+        assert (bdir / "labels" / "f").read_text() == sha256(b"made durable by fsync")
+    finally:
+        os.close(fd)
+    # A label made through labels/, then fsync(2) of the directory.
+    time.sleep(0.05)
+    t1 = time.time_ns()
+    os.symlink(f"../data/{sha256(b'made durable by fsync')}", d / "labels" / "g")
+    dfd = os.open(d / "labels", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    assert mark(bdir) >= t1 - SLACK_NS, "fsync(2) of labels/ returned before the store was synced"
+
+
+@pytest.mark.dir_only  # traces the directory backend's syncs
+def test_o_sync_waits_for_the_disk_before_close(mounter, tmp_path):
+    m = mounter(opts=("sync",), env={"ASAN_OPTIONS": "detect_leaks=0"})
+    sid = m.casfs.out("new")
+    d, bdir = m.store(sid)
+    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    st = Strace(daemon_pid(m), "fsync,fdatasync,syncfs", tmp_path / "strace.log")
+    try:
+        (d / "incoming" / "f").write_bytes(b"durable before close returns")
+        # strace writes its log as the calls return; give it a moment.
+        poll(lambda: len(calls(st.lines(), "fdatasync")) >= 2, 10,
+             "the blob's and the label's fdatasync")
+    finally:
+        lines = st.stop()
+    assert calls(lines, "fsync"), "the directories were not synced:\n" + "\n".join(lines)
+
+
+@pytest.mark.dir_only  # damages blob files of the backing directory
+def test_only_blobs_since_the_last_sync_are_checked_after_an_unclean_stop(mounter):
+    """The check after a crash is bounded by the last sync: a blob stored
+    before it is served without hashing (the disk had it), one stored after
+    it is hashed and, if damaged, quarantined.  fsck still finds both."""
+    m = mounter(opts=("commit=600",))
+    sid = m.casfs.out("new")
+    d, bdir = m.store(sid)
+    before, after = os.urandom(100_000), os.urandom(100_000)
+    (d / "incoming" / "before").write_bytes(before)
+    # A sync that starts more than the slack after the write covers it:
+    # fsync(2) of a directory of the store syncs (nothing else would here).
+    time.sleep((SLACK_NS + 200_000_000) / 1e9)
+    dfd = os.open(d / "labels", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    assert mark(bdir) > os.stat(bdir / "data" / sha256(before)).st_mtime_ns
+    (d / "incoming" / "after").write_bytes(after)
+    assert m.kill() == -9
+    for body in (before, after):
+        # Damage as a power cut would: the content, not the times.
+        blob = bdir / "data" / sha256(body)
+        times = os.stat(blob)
+        os.chmod(blob, 0o644)
+        with open(blob, "r+b") as f:
+            f.truncate(1000)
+        os.utime(blob, ns=(times.st_atime_ns, times.st_mtime_ns))
+    m2 = mounter(root=m.root, mnt=m.mnt)
+    d2 = m2.mnt / sid
+    with pytest.raises(OSError) as e:
+        (d2 / "data" / sha256(after)).read_bytes()
+    assert e.value.errno == errno.EIO
+    assert not (bdir / "data" / sha256(after)).exists(), "the damaged blob was left in data/"
+    # Stored before the last sync: trusted, served as the disk has it.
+    assert (d2 / "data" / sha256(before)).read_bytes() == before[:1000]
+    p = m2.casfs.run("fsck", sid, expect=1)
+    assert sha256(before).encode() in p.stdout, p.stdout
+    m2.expect_log("corrupt")
