@@ -87,14 +87,35 @@ def calls(lines, name):
     return [x for x in lines if f" {name}(" in x or x.startswith(f"{name}(")]
 
 
-@pytest.mark.dir_only  # reads the session files and traces the directory backend's syncs
-def test_close_does_not_wait_for_the_disk_and_a_clean_stop_syncs(mounter, tmp_path):
-    # LeakSanitizer cannot run in a process that is traced when it exits.
-    m = mounter(opts=("commit=600",), env={"ASAN_OPTIONS": "detect_leaks=0"})
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_store(m):
+    """A new store, used once through the mount so the daemon has opened
+    it (and begun its session): (id, path through the mount, backing dir)."""
     sid = m.casfs.out("new")
     d, bdir = m.store(sid)
     (d / "incoming" / "warm").write_bytes(b"opens the store")
-    st = Strace(daemon_pid(m), "fsync,fdatasync,syncfs,unlink,unlinkat", tmp_path / "strace.log")
+    return sid, d, bdir
+
+
+def traced_mount(mounter, opts, syscalls, log):
+    """A mount with a store in use, its daemon under strace.  LeakSanitizer
+    cannot run in a process that is traced when it exits: off for it."""
+    m = mounter(opts=opts, env={"ASAN_OPTIONS": "detect_leaks=0"})
+    sid, d, bdir = open_store(m)
+    return m, d, bdir, Strace(daemon_pid(m), syscalls, log)
+
+
+@pytest.mark.dir_only  # reads the session files and traces the directory backend's syncs
+def test_close_does_not_wait_for_the_disk_and_a_clean_stop_syncs(mounter, tmp_path):
+    m, d, bdir, st = traced_mount(mounter, ("commit=600",), "fsync,fdatasync,syncfs,unlink,unlinkat",
+                                  tmp_path / "strace.log")
     bodies = {f"f{i}": os.urandom(50_000 + i) for i in range(3)}
     for name, body in bodies.items():
         (d / "incoming" / name).write_bytes(body)
@@ -118,10 +139,7 @@ def test_close_does_not_wait_for_the_disk_and_a_clean_stop_syncs(mounter, tmp_pa
 
 @pytest.mark.dir_only  # reads the session files
 def test_the_flusher_syncs_within_the_commit_interval(mounter):
-    m = mounter(opts=("commit=0.2",))
-    sid = m.casfs.out("new")
-    d, bdir = m.store(sid)
-    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    sid, d, bdir = open_store(mounter(opts=("commit=0.2",)))
     for i in range(3):
         t0 = time.time_ns()
         (d / "incoming" / f"f{i}").write_bytes(os.urandom(10_000))
@@ -136,10 +154,7 @@ def test_the_flusher_syncs_within_the_commit_interval(mounter):
 
 @pytest.mark.dir_only  # reads the session files
 def test_fsync_makes_the_store_durable_at_once(mounter):
-    m = mounter(opts=("commit=600",))
-    sid = m.casfs.out("new")
-    d, bdir = m.store(sid)
-    (d / "incoming" / "warm").write_bytes(b"opens the store")
+    sid, d, bdir = open_store(mounter(opts=("commit=600",)))
     assert mark(bdir) == 0, "synced without a reason"
     t0 = time.time_ns()
     fd = os.open(d / "incoming" / "f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -154,21 +169,13 @@ def test_fsync_makes_the_store_durable_at_once(mounter):
     time.sleep(0.05)
     t1 = time.time_ns()
     os.symlink(f"../data/{sha256(b'made durable by fsync')}", d / "labels" / "g")
-    dfd = os.open(d / "labels", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(d / "labels")
     assert mark(bdir) >= t1 - SLACK_NS, "fsync(2) of labels/ returned before the store was synced"
 
 
 @pytest.mark.dir_only  # traces the directory backend's syncs
 def test_o_sync_waits_for_the_disk_before_close(mounter, tmp_path):
-    m = mounter(opts=("sync",), env={"ASAN_OPTIONS": "detect_leaks=0"})
-    sid = m.casfs.out("new")
-    d, bdir = m.store(sid)
-    (d / "incoming" / "warm").write_bytes(b"opens the store")
-    st = Strace(daemon_pid(m), "fsync,fdatasync,syncfs", tmp_path / "strace.log")
+    m, d, bdir, st = traced_mount(mounter, ("sync",), "fsync,fdatasync,syncfs", tmp_path / "strace.log")
     try:
         (d / "incoming" / "f").write_bytes(b"durable before close returns")
         # strace writes its log as the calls return; give it a moment.
@@ -192,11 +199,7 @@ def test_only_blobs_since_the_last_sync_are_checked_after_an_unclean_stop(mounte
     # A sync that starts more than the slack after the write covers it:
     # fsync(2) of a directory of the store syncs (nothing else would here).
     time.sleep((SLACK_NS + 200_000_000) / 1e9)
-    dfd = os.open(d / "labels", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(d / "labels")
     assert mark(bdir) > os.stat(bdir / "data" / sha256(before)).st_mtime_ns
     (d / "incoming" / "after").write_bytes(after)
     assert m.kill() == -9
