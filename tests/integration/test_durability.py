@@ -222,3 +222,17 @@ def test_only_blobs_since_the_last_sync_are_checked_after_an_unclean_stop(mounte
     p = m2.casfs.run("fsck", sid, expect=1)
     assert sha256(before).encode() in p.stdout, p.stdout
     m2.expect_log("corrupt")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "", "1x", "3601", "nan"])
+def test_bad_commit_interval_is_refused_and_mounts_nothing(casfs_bin, tmp_path, value):
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    root.mkdir()
+    mnt.mkdir()
+    p = subprocess.run([casfs_bin, "mount", str(root), str(mnt), "-f", "-o", f"commit={value}"],
+                       capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    lines = p.stderr.decode(errors="replace").splitlines()
+    assert p.returncode == 2, (p.returncode, lines)
+    assert lines and lines[0] == "casfs: -o commit= takes seconds, from 0.001 to 3600", lines
+    assert not os.path.ismount(mnt)
+    assert os.listdir(root) == [], "a refused mount changed the root"
