@@ -43,6 +43,8 @@ struct dir_store {
 	int data_fd;     /* data/, -1 until it exists */
 	int labels_fd;   /* labels/, -1 until it exists */
 	int journal_fd;  /* .casfs/journal, opened on first append */
+	dev_t journal_dev; /* which file journal_fd is */
+	ino_t journal_ino;
 	pthread_mutex_t mu; /* guards lazy creation and the journal */
 };
 
@@ -510,7 +512,7 @@ static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
 		return rc;
 	int sfd = S(s)->staging_fd;
 	for (int tries = 0; tries < 100; tries++) {
-		snprintf(st->name, sizeof(st->name), "s.%ld.", (long)getpid());
+		snprintf(st->name, sizeof(st->name), "s.%ld.", casfs__pid());
 		casfs__randhex(st->name + strlen(st->name), 16);
 		int fd = openat(sfd, st->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0 && errno == EEXIST)
@@ -942,6 +944,18 @@ static int dir_blob_quarantine(casfs_store *s, const char *name)
 
 /* -------------------------------------------------------------------- lock */
 
+/* While a thread holds a store's lock, no casfs writer renames or removes
+ * label directories but itself, so the directory a label is in stays the
+ * one it opened: it keeps the first one it opens until it unlocks (a
+ * commit reads the current label, then writes the new one: one open of
+ * their directory, not two).  Per thread; renames and removals forget it. */
+static __thread struct held_dir {
+	casfs_store *s;  /* whose lock this thread holds; NULL: none */
+	int fd;          /* -1: none kept */
+	size_t len;      /* of path */
+	char path[CASFS_LABEL_MAX + 1]; /* the directory, below labels/ */
+} held = { NULL, -1, 0, "" };
+
 static int dir_lock(casfs_store *s, bool exclusive, int *token)
 {
 	(void)exclusive; /* one flock: label changes also exclude each other */
@@ -961,12 +975,26 @@ static int dir_lock(casfs_store *s, bool exclusive, int *token)
 		return rc;
 	}
 	*token = fd;
+	if (!held.s) {
+		held.s = s;
+		held.fd = -1;
+	}
 	return 0;
+}
+
+static void held_forget(casfs_store *s)
+{
+	if (held.s == s && held.fd >= 0) {
+		close(held.fd);
+		held.fd = -1;
+	}
 }
 
 static void dir_unlock(casfs_store *s, int token)
 {
-	(void)s;
+	held_forget(s);
+	if (held.s == s)
+		held.s = NULL;
 	if (token >= 0)
 		close(token); /* releases the flock */
 }
@@ -1018,7 +1046,25 @@ struct lparent {
 
 static int lp_open(casfs_store *s, const char *name, bool create, struct lparent *lp)
 {
-	return label_parent(s, name, create, &lp->fd, &lp->leaf, &lp->owned);
+	const char *slash = strrchr(name, '/');
+	size_t len = slash ? (size_t)(slash - name) : 0;
+	bool keep = slash && held.s == s; /* labels/ itself is always open */
+	if (keep && held.fd >= 0 && held.len == len && !memcmp(held.path, name, len)) {
+		lp->fd = held.fd;
+		lp->leaf = slash + 1;
+		lp->owned = false;
+		return 0;
+	}
+	int rc = label_parent(s, name, create, &lp->fd, &lp->leaf, &lp->owned);
+	if (rc == 0 && keep && lp->owned && held.fd < 0 && len < sizeof(held.path)) {
+		/* Kept, never replaced while the lock is held: a caller
+		 * may be using the one kept (a rename opens two). */
+		memcpy(held.path, name, len);
+		held.len = len;
+		held.fd = lp->fd;
+		lp->owned = false;
+	}
+	return rc;
 }
 
 static void lp_close(struct lparent *lp)
@@ -1133,6 +1179,8 @@ static int label_unlink(casfs_store *s, const char *name, bool dir)
 		rc = maybe_fsync(s, lp.fd);
 	}
 	lp_close(&lp);
+	if (dir)
+		held_forget(s); /* it may have been the one kept */
 	return rc;
 }
 
@@ -1163,6 +1211,7 @@ static int dir_label_rename(casfs_store *s, const char *from, const char *to)
 	}
 	lp_close(&t);
 	lp_close(&f);
+	held_forget(s); /* it may be under what moved */
 	return rc;
 }
 
@@ -1444,19 +1493,29 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool
 		return rc;
 	pthread_mutex_lock(&ds->mu);
 	for (int tries = 0; tries < 3; tries++) {
-		if (ds->journal_fd < 0 && (ds->journal_fd = journal_open(s)) < 0) {
-			rc = -errno;
-			break;
+		struct stat a, b;
+		if (ds->journal_fd < 0) {
+			if ((ds->journal_fd = journal_open(s)) < 0) {
+				rc = -errno;
+				break;
+			}
+			if (fstat(ds->journal_fd, &a) < 0) {
+				rc = -errno;
+				close(ds->journal_fd);
+				ds->journal_fd = -1;
+				break;
+			}
+			ds->journal_dev = a.st_dev;
+			ds->journal_ino = a.st_ino;
 		}
 		if (flock(ds->journal_fd, LOCK_EX) < 0) {
 			rc = -errno;
 			break;
 		}
-		/* Another process may have rotated the file we hold. */
-		struct stat a, b;
-		if (fstat(ds->journal_fd, &a) < 0 ||
-		    fstatat(ds->meta_fd, "journal", &b, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+		/* Another process may have rotated the file we hold: then the
+		 * name is another file (ours keeps its identity). */
+		if (fstatat(ds->meta_fd, "journal", &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    b.st_ino != ds->journal_ino || b.st_dev != ds->journal_dev) {
 			close(ds->journal_fd);
 			ds->journal_fd = -1;
 			continue;
@@ -1464,7 +1523,7 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool
 		rc = casfs__write_all(ds->journal_fd, line, len);
 		if (rc == 0 && sync && !casfs__nosync(s) && fdatasync(ds->journal_fd) < 0)
 			rc = -errno;
-		if (rc == 0 && (uint64_t)a.st_size + len > journal_max())
+		if (rc == 0 && (uint64_t)b.st_size + len > journal_max())
 			if (renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
 				rc = -errno;
 		flock(ds->journal_fd, LOCK_UN);

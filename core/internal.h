@@ -60,6 +60,8 @@ void casfs__trim(char *buf, size_t *len);
 int64_t casfs__now_ns(void);
 /* n random lowercase hex digits into out (NUL-terminated). */
 void casfs__randhex(char *out, size_t n);
+/* getpid(), remembered (and forgotten at fork). */
+long casfs__pid(void);
 /* Full write / pread loops, returning 0 or -errno. */
 int casfs__write_all(int fd, const void *buf, size_t n);
 int casfs__pwrite_all(int fd, const void *buf, size_t n, uint64_t off);

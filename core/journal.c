@@ -135,7 +135,7 @@ int casfs__journal(casfs_store *s, const struct casfs_event *ev)
 		put_str(&b, "error", saved[0] ? saved : strerror(-ev->result));
 	}
 	long uid = caller_uid >= 0 ? caller_uid : (long)getuid();
-	long pid = caller_pid >= 0 ? caller_pid : (long)getpid();
+	long pid = caller_pid >= 0 ? caller_pid : casfs__pid();
 	char tail[64];
 	snprintf(tail, sizeof(tail), ",\"uid\":%ld,\"pid\":%ld}", uid, pid);
 	puts_(&b, tail);

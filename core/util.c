@@ -7,6 +7,8 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -285,6 +287,73 @@ int64_t casfs__now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Random bytes and the process id are asked for on every staging file
+ * (two per file written through the mount), and system calls are not
+ * cheap: each thread draws random bytes 256 at a time, and the pid is
+ * remembered.  A fork makes both stale: the child must not repeat its
+ * parent's names, so a fork bumps a generation that every thread checks. */
+static unsigned fork_gen;
+static long cached_pid;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork(void)
+{
+	__atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&cached_pid, 0L, __ATOMIC_RELAXED);
+}
+
+static void watch_forks(void)
+{
+	pthread_atfork(NULL, NULL, after_fork);
+}
+
+long casfs__pid(void)
+{
+	pthread_once(&fork_once, watch_forks);
+	long pid = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+	if (!pid) {
+		pid = (long)getpid();
+		__atomic_store_n(&cached_pid, pid, __ATOMIC_RELAXED);
+	}
+	return pid;
+}
+
+static void random_bytes(unsigned char *raw, size_t bytes)
+{
+	static __thread unsigned char pool[256];
+	static __thread size_t left;
+	static __thread unsigned gen;
+	pthread_once(&fork_once, watch_forks);
+	unsigned g = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+	if (g != gen) {
+		left = 0; /* drawn before a fork: the parent has them too */
+		gen = g;
+	}
+	while (bytes > 0) {
+		if (!left) {
+			if (getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool)) {
+				left = sizeof(pool);
+			} else {
+				/* getrandom cannot fail for small requests after
+				 * boot; fall back to something unique anyway. */
+				uint64_t x = (uint64_t)casfs__now_ns() ^ ((uint64_t)getpid() << 32) ^
+					     (uint64_t)(uintptr_t)&left;
+				for (size_t i = 0; i < sizeof(pool); i++) {
+					x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+					pool[i] = (unsigned char)(x >> 56);
+				}
+				left = sizeof(pool);
+			}
+		}
+		size_t take = bytes < left ? bytes : left;
+		memcpy(raw, pool + sizeof(pool) - left, take);
+		memset(pool + sizeof(pool) - left, 0, take); /* used once */
+		left -= take;
+		raw += take;
+		bytes -= take;
+	}
+}
+
 void casfs__randhex(char *out, size_t n)
 {
 	static const char digits[] = "0123456789abcdef";
@@ -292,13 +361,7 @@ void casfs__randhex(char *out, size_t n)
 	size_t bytes = (n + 1) / 2;
 	if (bytes > sizeof(raw))
 		bytes = sizeof(raw), n = 2 * sizeof(raw);
-	if (getrandom(raw, bytes, 0) != (ssize_t)bytes) {
-		/* getrandom cannot fail for small requests after boot; fall
-		 * back to something unique anyway. */
-		uint64_t x = (uint64_t)casfs__now_ns() ^ ((uint64_t)getpid() << 32);
-		for (size_t i = 0; i < bytes; i++, x = x * 6364136223846793005ULL + 1442695040888963407ULL)
-			raw[i] = (unsigned char)(x >> 56);
-	}
+	random_bytes(raw, bytes);
 	for (size_t i = 0; i < n; i++)
 		out[i] = digits[(raw[i / 2] >> ((i & 1) ? 0 : 4)) & 15];
 	out[n] = '\0';

@@ -165,6 +165,9 @@ struct version {
 	bool commit_failed;       /* the last commit failed (and close said so) */
 	bool set_mode, set_mtime;
 	uint32_t mode;
+	bool created;             /* by CREATE: owner known before the commit */
+	uid_t uid;                /* (the creator, who owns the label then) */
+	gid_t gid;
 	int64_t mtime_ns;         /* of the last change or of utimens */
 };
 
@@ -290,7 +293,9 @@ static uint64_t version_size(const struct version *v)
 	return staged(v) ? casfs_writer_size(v->w) : v->base_size;
 }
 
-static void version_set_base(struct version *v, struct fstore *st, const char *hex)
+/* size: the blob's, if known (NULL: asked of the store). */
+static void version_set_base(struct version *v, struct fstore *st, const char *hex,
+			     const uint64_t *size)
 {
 	if (v->base_fd >= 0)
 		close(v->base_fd);
@@ -299,7 +304,9 @@ static void version_set_base(struct version *v, struct fstore *st, const char *h
 	v->base_size = 0;
 	/* Its content is opened when first read (for a remote store that
 	 * is a download: not at every commit). */
-	if (hex[0])
+	if (hex[0] && size)
+		v->base_size = *size;
+	else if (hex[0])
 		casfs_blob_size(st->s, hex, &v->base_size);
 }
 
@@ -344,7 +351,7 @@ static int version_new(struct node *x, bool truncate, struct version **out)
 	if (rc == 0)
 		rc = hex[0] ? casfs_writer_open_from(&v->w, x->st->s, hex) : casfs_writer_open(&v->w, x->st->s);
 	if (rc == 0) {
-		version_set_base(v, x->st, hex);
+		version_set_base(v, x->st, hex, NULL);
 		v->dirty = !hex[0]; /* a new or truncated file is a change */
 		v->refs = 1;
 		node_pin(x);
@@ -382,6 +389,10 @@ static int version_commit(struct version *v, bool force)
 	/* The label keeps the mode and mtime of the file as written. */
 	uint32_t *mode = v->set_mode ? &v->mode : NULL;
 	int64_t mt = v->mtime_ns;
+	/* A staged writer stores what it staged: its size is known (an
+	 * unstaged one stores its base again: asked of the store). */
+	bool was_staged = staged(v);
+	uint64_t size = was_staged ? casfs_writer_size(v->w) : 0;
 	int rc = casfs_label_commit_attrs(x->st->s, name, v->w, NULL, hex, mode, &mt);
 	v->commit_failed = rc < 0;
 	if (rc < 0) {
@@ -391,7 +402,7 @@ static int version_commit(struct version *v, bool force)
 		return rc;
 	}
 	v->dirty = false;
-	version_set_base(v, x->st, hex);
+	version_set_base(v, x->st, hex, was_staged ? &size : NULL);
 	free(name);
 	return 0;
 }
@@ -532,6 +543,13 @@ static int node_stat_label(struct node *x, struct stat *st, struct version *v)
 		li.mode = 0644;
 		li.uid = fs.uid;
 		li.gid = fs.gid;
+		pthread_mutex_lock(&v->mu);
+		if (v->created) {
+			li.uid = v->uid;
+			li.gid = v->gid;
+		}
+		li.mtime_ns = li.ctime_ns = v->mtime_ns;
+		pthread_mutex_unlock(&v->mu);
 		rc = 0;
 	}
 	if (rc < 0)
@@ -1376,15 +1394,30 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		if (rc == 0) {
 			rc = open_version(req, x, fi->flags | O_TRUNC, fi);
 			if (rc == 0) {
+				/* The kernel looked the name up just before (it
+				 * always does for O_CREAT on a name it does not
+				 * know), so the attributes are the new file's:
+				 * no need to ask the store again. */
+				const struct fuse_ctx *c = fuse_req_ctx(req);
 				struct version *v = handle_version(fi);
+				struct fuse_entry_param e;
+				memset(&e, 0, sizeof(e));
+				struct stat *a = &e.attr;
 				pthread_mutex_lock(&v->mu);
 				v->set_mode = true;
 				v->mode = mode & 07777;
+				v->created = true;
+				/* Whom the label will belong to (fs_identity). */
+				v->uid = a->st_uid = fs.uid == 0 ? c->uid : fs.uid;
+				v->gid = a->st_gid = fs.uid == 0 ? c->gid : fs.gid;
+				a->st_size = (off_t)version_size(v);
+				ns_to_ts(v->mtime_ns, &a->st_mtim);
 				pthread_mutex_unlock(&v->mu);
-				struct fuse_entry_param e;
-				memset(&e, 0, sizeof(e));
-				double t;
-				node_stat(x, &e.attr, &t);
+				a->st_ino = x->ino;
+				a->st_mode = S_IFREG | (mode & 07777);
+				a->st_nlink = 1;
+				a->st_blocks = (blkcnt_t)((a->st_size + 511) / 512);
+				a->st_ctim = a->st_atim = a->st_mtim;
 				e.ino = x->ino;
 				e.attr_timeout = e.entry_timeout = T_LABEL;
 				if (fuse_reply_create(req, &e, fi) != 0) {

@@ -111,3 +111,22 @@ def test_users_cannot_touch_each_others_stores(users, mounter, casfs_bin, reques
     p = as_user(alice, "sh", "-c", f"printf alice > {mnt}/bstore/incoming/a")
     assert p.returncode != 0
     assert not (root / "bstore" / "labels" / "a").exists()
+
+    # A file being written belongs to its writer from its creation, as it
+    # will once committed: in the reply to the create, and when asked
+    # again later (after the kernel's attribute cache of a second).
+    script = ("import os, sys, time\n"
+              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)\n"
+              "os.write(fd, b'being written')\n"
+              "a = os.fstat(fd)\n"
+              "time.sleep(1.2)\n"
+              "b = os.stat(sys.argv[1])\n"
+              "print(a.st_uid, a.st_gid, oct(a.st_mode), b.st_uid, b.st_gid, oct(b.st_mode), b.st_size)\n"
+              "os.close(fd)\n")
+    p = as_user(alice, "/usr/bin/python3", "-c", script, str(mnt / "astore" / "incoming" / "w"))
+    assert p.returncode == 0, p.stderr
+    a_uid, a_gid, a_mode, b_uid, b_gid, b_mode, b_size = p.stdout.split()
+    assert (int(a_uid), int(a_gid)) == alice and (int(b_uid), int(b_gid)) == alice, p.stdout
+    assert a_mode == b_mode == b"0o100640" and b_size == b"13", p.stdout
+    st = os.stat(root / "astore" / "labels" / "w")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (*alice, 0o640)

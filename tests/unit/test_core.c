@@ -25,6 +25,7 @@
 #include <rados/librados.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/wait.h>
 
 static int backend_is_dir = 1;
 /* dir: the root directory.  rados: NULL (see rados_spec). */
@@ -698,6 +699,39 @@ static int dirent_cb(const char *name, int is_dir, void *ud)
 	return 0;
 }
 
+struct other_rename {
+	casfs_store *s;
+	const char *from, *to;
+	int rc;
+};
+
+static void *other_rename_main(void *arg)
+{
+	struct other_rename *o = arg;
+	o->rc = casfs_label_rename(o->s, o->from, o->to);
+	return NULL;
+}
+
+static void *moved_elsewhere_main(void *arg)
+{
+	casfs_store *s = arg, *s2;
+	char a[CASFS_HEX_MAX], b[CASFS_HEX_MAX];
+	casfs_label_info li;
+	OK(casfs_blob_put(s, "b", 1, b) >= 0, "a blob (stored already)");
+	IS(casfs_store_open(&s2, root, "tree"), 0, "open the store again");
+	IS(casfs_label_set(s, "m/a", b, NULL, NULL), 0, "a label in a new directory");
+	pthread_t t;
+	struct other_rename o = { s2, "m", "n", -1 };
+	pthread_create(&t, NULL, other_rename_main, &o);
+	pthread_join(t, NULL);
+	IS(o.rc, 0, "another thread with its own handle renames the directory");
+	IS(casfs_label_set(s, "m/b", b, NULL, NULL), 0, "a label under its old name");
+	IS(casfs_label_stat(s, "n/b", &li), -ENOENT, "it is not in the moved directory");
+	IS(casfs_label_get(s, "m/b", a), 0, "but under the name given");
+	casfs_store_free(s2);
+	return NULL;
+}
+
 static void test_label_tree(void)
 {
 	casfs_store *s;
@@ -735,7 +769,99 @@ static void test_label_tree(void)
 	IS(casfs_label_rmdir(s, "e/sub"), 0, "rmdir empty");
 	IS(casfs_label_stat(s, "e/sub", &li), -ENOENT, "gone");
 	IS(casfs_label_stat(s, "nope/x", &li), -ENOENT, "stat under absent dir is ENOENT");
+	/* A label directory a change opened is kept only while the lock is
+	 * held: after a rename or removal of the directory, its old name is
+	 * a new directory. */
+	IS(casfs_label_set(s, "d/y", b, NULL, NULL), 0, "a label under the renamed directory's old name");
+	IS(casfs_label_stat(s, "e/y", &li), -ENOENT, "it is not in the renamed directory");
+	IS(casfs_label_stat(s, "d", &li), 0, "the old name is a directory again");
+	OK(li.is_dir, "(a directory)");
+	IS(casfs_label_rename(s, "d/y", "e/y"), 0, "a label moved between directories");
+	IS(casfs_label_get(s, "e/y", a), 0, "it arrived");
+	IS(strcmp(a, b), 0, "with its digest");
+	IS(casfs_label_remove(s, "e/y", NULL, NULL), 0, "remove it");
+	IS(casfs_label_rmdir(s, "d"), 0, "remove the emptied directory");
+	IS(casfs_label_set(s, "d/z", b, NULL, NULL), 0, "a label in a directory removed just before");
+	IS(casfs_label_get(s, "d/z", a), 0, "reads back");
+	/* The same when someone else (here another handle, in another
+	 * thread) moves it; in a fresh thread, which keeps nothing yet. */
+	pthread_t t;
+	pthread_create(&t, NULL, moved_elsewhere_main, s);
+	pthread_join(t, NULL);
 	casfs_store_free(s);
+}
+
+/* Names made for staging files come from random bytes drawn ahead, and
+ * the pid is remembered: a forked child must not repeat its parent's. */
+void casfs__randhex(char *out, size_t n);
+long casfs__pid(void);
+
+static void test_fork_names(void)
+{
+	char before[17], mine[17], theirs[17] = "";
+	casfs__randhex(before, 16); /* the pool is filled */
+	OK(casfs__pid() == (long)getpid(), "the pid");
+	int p[2];
+	if (pipe(p) < 0) {
+		OK(0, "pipe: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		char name[17];
+		casfs__randhex(name, 16);
+		int ok = casfs__pid() == (long)getpid();
+		if (write(p[1], name, 16) != 16 || write(p[1], ok ? "y" : "n", 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	close(p[1]);
+	casfs__randhex(mine, 16);
+	char pidok = 'n';
+	ssize_t n = read(p[0], theirs, 16);
+	OK(n == 16 && read(p[0], &pidok, 1) == 1, "the child's name arrived");
+	theirs[16] = '\0';
+	close(p[0]);
+	int status = -1;
+	waitpid(child, &status, 0);
+	OK(strcmp(mine, theirs) != 0 && strcmp(before, mine) != 0,
+	   "parent and child draw different names (%s, %s)", mine, theirs);
+	OK(pidok == 'y', "the child's pid is its own");
+}
+
+/* Another process rotating the journal: a handle that had the old file
+ * open writes its next line to the new one. */
+static void test_journal_rotated_elsewhere(void)
+{
+	casfs_store *s1, *s2;
+	casfs_store_create(root, "jrot", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s1, root, "jrot"), 0, "open a store twice (one)");
+	IS(casfs_store_open(&s2, root, "jrot"), 0, "(two)");
+	char hex[CASFS_HEX_MAX];
+	IS(casfs_blob_put(s1, "j", 1, hex), 0, "a blob");
+	IS(casfs_label_set(s1, "first", hex, NULL, NULL), 0, "the first handle journals a change");
+	setenv("CASFS_JOURNAL_MAX", "1024", 1);
+	char name[32];
+	for (int i = 0; i < 12; i++) {
+		snprintf(name, sizeof(name), "other%d", i);
+		casfs_label_set(s2, name, hex, NULL, NULL);
+	}
+	unsetenv("CASFS_JOURNAL_MAX");
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/jrot/.casfs/journal.1", root_path);
+	struct stat sb;
+	OK(stat(path, &sb) == 0, "the second handle rotated the journal");
+	IS(casfs_label_set(s1, "after-rotation", hex, NULL, NULL), 0, "the first handle journals again");
+	snprintf(path, sizeof(path), "%s/jrot/.casfs/journal", root_path);
+	char text[8192] = "";
+	int fd = open(path, O_RDONLY);
+	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	text[n > 0 ? n : 0] = '\0';
+	OK(strstr(text, "after-rotation") != NULL, "its line is in the current journal");
+	casfs_store_free(s2);
+	casfs_store_free(s1);
 }
 
 /* Listing stamps: a kept listing of data/ or of a label directory is
@@ -1236,6 +1362,9 @@ int main(int argc, char **argv)
 	casfs_store_free(s);
 	test_gc_fsck_stats();
 	test_label_tree();
+	test_fork_names();
+	if (backend_is_dir)
+		test_journal_rotated_elsewhere();
 	test_listing_stamps();
 	test_theater_open();
 	test_sessions();
