@@ -43,6 +43,9 @@ struct dir_store {
 	int data_fd;     /* data/, -1 until it exists */
 	int labels_fd;   /* labels/, -1 until it exists */
 	int journal_fd;  /* .casfs/journal, opened on first append */
+	int lock_fd;     /* .casfs/lock, opened on first lock ... */
+	long lock_pid;   /* ... by this process (not a parent's, after fork) */
+	pthread_mutex_t lock_mu; /* the threads of this process, in turn */
 	dev_t journal_dev; /* which file journal_fd is */
 	ino_t journal_ino;
 	pthread_mutex_t mu; /* guards lazy creation and the journal */
@@ -361,7 +364,9 @@ static int dir_store_open(casfs_store *s)
 	if (!ds)
 		return casfs__err(-ENOMEM, "out of memory");
 	ds->meta_fd = ds->staging_fd = ds->data_fd = ds->labels_fd = ds->journal_fd = -1;
+	ds->lock_fd = -1;
 	pthread_mutex_init(&ds->mu, NULL);
+	pthread_mutex_init(&ds->lock_mu, NULL);
 	s->b = ds;
 	ds->fd = open_dir_at(R(s->root)->fd, s->id);
 	if (ds->fd < 0) {
@@ -399,7 +404,9 @@ static void dir_store_close(casfs_store *s)
 	xclose(ds->data_fd);
 	xclose(ds->labels_fd);
 	xclose(ds->journal_fd);
+	xclose(ds->lock_fd);
 	pthread_mutex_destroy(&ds->mu);
+	pthread_mutex_destroy(&ds->lock_mu);
 	free(ds);
 }
 
@@ -959,22 +966,37 @@ static __thread struct held_dir {
 static int dir_lock(casfs_store *s, bool exclusive, int *token)
 {
 	(void)exclusive; /* one flock: label changes also exclude each other */
+	struct dir_store *ds = S(s);
 	int rc = ensure_meta(s);
 	if (rc < 0)
 		return rc;
-	/* A fresh open file description per holder, so threads of one
-	 * process exclude each other as processes do. */
-	int fd = openat(S(s)->meta_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return casfs__errno(-errno, "cannot open store lock");
-	while (flock(fd, LOCK_EX) < 0) {
+	/* Processes exclude each other with the flock, the threads of this
+	 * one with the mutex: the lock file stays open between holders (an
+	 * open and a close less per change).  A child after fork opens its
+	 * own: a flock belongs to the open file description, which it
+	 * would share with its parent. */
+	pthread_mutex_lock(&ds->lock_mu);
+	if (ds->lock_fd >= 0 && ds->lock_pid != casfs__pid()) {
+		close(ds->lock_fd);
+		ds->lock_fd = -1;
+	}
+	if (ds->lock_fd < 0) {
+		ds->lock_fd = openat(ds->meta_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (ds->lock_fd < 0) {
+			rc = casfs__errno(-errno, "cannot open store lock");
+			pthread_mutex_unlock(&ds->lock_mu);
+			return rc;
+		}
+		ds->lock_pid = casfs__pid();
+	}
+	while (flock(ds->lock_fd, LOCK_EX) < 0) {
 		if (errno == EINTR)
 			continue;
 		rc = casfs__errno(-errno, "cannot lock store");
-		close(fd);
+		pthread_mutex_unlock(&ds->lock_mu);
 		return rc;
 	}
-	*token = fd;
+	*token = ds->lock_fd;
 	if (!held.s) {
 		held.s = s;
 		held.fd = -1;
@@ -995,8 +1017,10 @@ static void dir_unlock(casfs_store *s, int token)
 	held_forget(s);
 	if (held.s == s)
 		held.s = NULL;
-	if (token >= 0)
-		close(token); /* releases the flock */
+	if (token >= 0) {
+		flock(token, LOCK_UN);
+		pthread_mutex_unlock(&S(s)->lock_mu);
+	}
 }
 
 /* ------------------------------------------------------------------ labels */
@@ -1308,6 +1332,15 @@ static int dir_label_stat(casfs_store *s, const char *name, casfs_label_info *ou
 		fill_label_info(out, &sb);
 		return 0;
 	}
+	/* Most lookups of names below a directory are of names that do not
+	 * exist (every file created through the mount is looked up first):
+	 * one fstatat of the whole path answers those.  It may follow a
+	 * symlink on the way, where the label cannot exist either; anything
+	 * found is looked at again one component at a time. */
+	int lfd;
+	if (strchr(name, '/') && held.s != s && (lfd = labels_fd(s, false)) >= 0 &&
+	    fstatat(lfd, name, &sb, AT_SYMLINK_NOFOLLOW) < 0 && (errno == ENOENT || errno == ENOTDIR))
+		return -ENOENT;
 	struct lparent lp;
 	int rc = lp_open(s, name, false, &lp);
 	if (rc < 0)

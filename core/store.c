@@ -864,6 +864,10 @@ int casfs__writer_prepare(casfs_writer *w, char hex[CASFS_HEX_MAX])
 	int rc = writer_digest(w, hex);
 	if (rc < 0)
 		return rc;
+	/* A store that defers its syncs makes nothing durable here: whether
+	 * the content is stored already, publishing finds out. */
+	if (w->s->defer_sync)
+		return 0;
 	/* Content already stored: publishing will only freshen the blob and
 	 * drop this copy, so there is nothing to make durable. */
 	rc = w->s->be->blob_stat(w->s, hex, NULL, NULL);
