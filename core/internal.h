@@ -210,6 +210,10 @@ struct casfs_store {
 	bool defer_sync;
 	uint64_t unsynced; /* changes counted (atomic) */
 	uint64_t synced;   /* of which covered by the last casfs_store_sync() */
+	/* The first failed casfs_store_sync(), for good (atomic): a writeback
+	 * error is reported once, so a later sync "succeeds" without the lost
+	 * writes; the mark must not move past them. */
+	int sync_err;
 };
 
 /* The root was opened CASFS_ROOT_NOSYNC: never sync. */

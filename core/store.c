@@ -262,6 +262,10 @@ void casfs_store_defer_sync(casfs_store *s, int on)
 
 int casfs_store_sync(casfs_store *s, int session)
 {
+	int err = __atomic_load_n(&s->sync_err, __ATOMIC_ACQUIRE);
+	if (err < 0)
+		return casfs__err(err, "store '%s': a sync failed earlier (%s); what was stored since the "
+			"last good one is checked after the next start", s->id, strerror(-err));
 	uint64_t seen = __atomic_load_n(&s->unsynced, __ATOMIC_ACQUIRE);
 	if (seen == __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) || !s->be->store_sync ||
 	    casfs__root_nosync(s))
@@ -270,6 +274,8 @@ int casfs_store_sync(casfs_store *s, int session)
 	int rc = s->be->store_sync(s, session, mark);
 	if (rc == 0)
 		__atomic_store_n(&s->synced, seen, __ATOMIC_RELEASE);
+	else
+		__atomic_store_n(&s->sync_err, rc, __ATOMIC_RELEASE);
 	return rc;
 }
 

@@ -43,6 +43,7 @@ struct fstore {
 	/* After an unclean stop of an earlier daemon: blobs stored since then
 	 * are hashed once before they are served (SPEC §6). */
 	int64_t suspect_since; /* 0: nothing to check */
+	bool sync_failed;      /* logged (fstore_sync) */
 	pthread_mutex_t vmu;
 	char (*verified)[CASFS_HEX_MAX];
 	size_t nverified, capverified;

@@ -381,10 +381,13 @@ void fstore_close_all(void)
 		/* A clean stop: everything durable, then the session ends.  If
 		 * the last sync fails, the session stays, so the next daemon
 		 * checks what this one stored since its last good sync. */
-		if (fstore_sync(st) == 0)
+		if (fstore_sync(st) == 0) {
 			casfs_store_session_end(st->s, st->session);
-		else
+		} else {
+			fs_log(LOG_WARNING, "store %s: its session is kept: what was stored since the last "
+			       "good sync will be checked at the next start", st->id);
 			close(st->session);
+		}
 		casfs_store_free(st->s);
 		pthread_mutex_destroy(&st->vmu);
 		free(st->verified);
@@ -411,7 +414,8 @@ void fstore_close_all(void)
 int fstore_sync(struct fstore *st)
 {
 	int rc = casfs_store_sync(st->s, st->session);
-	if (rc < 0)
+	/* A failed sync fails every later one (casfs_store_sync): said once. */
+	if (rc < 0 && !__atomic_exchange_n(&st->sync_failed, true, __ATOMIC_RELAXED))
 		fs_log(LOG_ERR, "store %s: %s", st->id, casfs_error_last());
 	return rc;
 }

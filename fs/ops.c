@@ -123,10 +123,16 @@ static int parse_target(const char *path, const char *target, char hex[CASFS_HEX
 	return 0;
 }
 
+/* Also before 1970: tv_nsec stays in [0, 1e9), as the kernel wants it. */
 static void ns_to_ts(int64_t ns, struct timespec *ts)
 {
-	ts->tv_sec = ns / 1000000000LL;
-	ts->tv_nsec = ns % 1000000000LL;
+	int64_t sec = ns / 1000000000LL, rem = ns % 1000000000LL;
+	if (rem < 0) {
+		sec--;
+		rem += 1000000000LL;
+	}
+	ts->tv_sec = (time_t)sec;
+	ts->tv_nsec = (long)rem;
 }
 
 static int64_t now_ns(void)

@@ -153,7 +153,10 @@ void casfs_store_defer_sync(casfs_store *store, int on);
  * casfs_store_session_begin, or -1) that blobs stored before then are safe:
  * a later casfs_store_session_begin() after an unclean stop reports that
  * time, less a second of slack, rather than the session's start.  Nothing
- * to do (no change since the last call) returns 0 at once. */
+ * to do (no change since the last call) returns 0 at once.  Once a sync
+ * has failed (a write the disk did not take), every later call on this
+ * handle fails with that error and records nothing: the session keeps the
+ * last good mark, so what came after it is checked after the next start. */
 int casfs_store_sync(casfs_store *store, int session);
 
 /* Moves a blob aside into .casfs/quarantine/ (as fsck --repair does). */

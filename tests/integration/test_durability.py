@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fuse_util import how, mounter, poll, sha256  # noqa: F401
+from fuse_util import Mounter, how, mounter, poll, sha256  # noqa: F401
 
 SLACK_NS = 1_000_000_000  # a mark is the sync's start less a second (core/store.c)
 
@@ -102,6 +102,15 @@ def open_store(m):
     d, bdir = m.store(sid)
     (d / "incoming" / "warm").write_bytes(b"opens the store")
     return sid, d, bdir
+
+
+def damage(blob):
+    """Damages a blob file as a power cut would: its content, not its times."""
+    times = os.stat(blob)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.truncate(1000)
+    os.utime(blob, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def traced_mount(mounter, opts, syscalls, log):
@@ -204,13 +213,7 @@ def test_only_blobs_since_the_last_sync_are_checked_after_an_unclean_stop(mounte
     (d / "incoming" / "after").write_bytes(after)
     assert m.kill() == -9
     for body in (before, after):
-        # Damage as a power cut would: the content, not the times.
-        blob = bdir / "data" / sha256(body)
-        times = os.stat(blob)
-        os.chmod(blob, 0o644)
-        with open(blob, "r+b") as f:
-            f.truncate(1000)
-        os.utime(blob, ns=(times.st_atime_ns, times.st_mtime_ns))
+        damage(bdir / "data" / sha256(body))
     m2 = mounter(root=m.root, mnt=m.mnt)
     d2 = m2.mnt / sid
     with pytest.raises(OSError) as e:
@@ -221,6 +224,78 @@ def test_only_blobs_since_the_last_sync_are_checked_after_an_unclean_stop(mounte
     assert (d2 / "data" / sha256(before)).read_bytes() == before[:1000]
     p = m2.casfs.run("fsck", sid, expect=1)
     assert sha256(before).encode() in p.stdout, p.stdout
+    m2.expect_log("corrupt")
+
+
+def test_a_failed_sync_keeps_failing_and_the_mark_stays(casfs_bin, tmp_path):
+    # casfs mount only: mount(8) drops LD_PRELOAD from the environment of
+    # its helpers.  The directory backend: its syncfs(2) and session files.
+    mounter = Mounter("casfs-mount", casfs_bin, tmp_path)
+    try:
+        failed_sync_keeps_failing(mounter, tmp_path)
+    finally:
+        mounter.finish()
+
+
+def failed_sync_keeps_failing(mounter, tmp_path):
+    """A disk that lost writes says so once (syncfs(2) reports a writeback
+    error to the first caller): the daemon must not take a later, quiet sync
+    for proof that everything before it is on disk.  Once a sync has failed,
+    fsync(2) fails on that store until the next start, the session keeps its
+    last good mark (and is not ended by a clean stop), so the next start
+    checks what was stored after it.  The failure is preloaded into the
+    daemon (tests/fault/failsync.c): syncfs fails while a flag file exists."""
+    from conftest import BUILD
+    shim = BUILD / "tests" / "libfailsync.so"
+    assert shim.exists(), f"{shim} is missing: the build makes it (tests/meson.build)"
+    flag = tmp_path / "fail-syncfs"
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    m = mounter(opts=("commit=600",), env={
+        "LD_PRELOAD": str(shim), "CASFS_FAIL_SYNCFS": str(flag),
+        # A preloaded library comes before the sanitizer's runtime.
+        "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+    sid, d, bdir = open_store(m)
+
+    def write_and_fsync(name, body):
+        fd = os.open(d / "incoming" / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    good = os.urandom(20_000)
+    write_and_fsync("good", good)
+    good_mark = mark(bdir)
+    assert good_mark > 0, "the first fsync(2) did not sync"
+    time.sleep(0.05)
+    flag.touch()
+    lost = os.urandom(20_000)
+    with pytest.raises(OSError) as e:
+        write_and_fsync("lost", lost)
+    assert e.value.errno == errno.EIO
+    flag.unlink()  # the disk "works" again: syncfs would succeed now
+    later = os.urandom(20_000)
+    with pytest.raises(OSError) as e:
+        write_and_fsync("later", later)
+    assert e.value.errno == errno.EIO, "a sync after a failed one was taken for good"
+    assert mark(bdir) == good_mark, "the mark moved past a failed sync"
+    # Published all the same (what the disk has is another matter).
+    assert (d / "labels" / "later").read_bytes() == later
+    m.expect_log("error")  # the failed sync's, once
+    log = m.log()
+    assert log.count("cannot sync store") == 1, "the failure was not logged, or logged more than once:\n" + log
+    m.unmount()
+    assert session_marks(bdir), "a clean stop after a failed sync ended its session"
+    assert "its session is kept" in m.log()
+    # The next start checks what was stored since the good mark: a blob
+    # damaged as a lost write would leave it is found and set aside.
+    damage(bdir / "data" / sha256(later))
+    m2 = mounter(root=m.root, mnt=m.mnt)
+    with pytest.raises(OSError) as e:
+        (m2.mnt / sid / "data" / sha256(later)).read_bytes()
+    assert e.value.errno == errno.EIO
+    assert (m2.mnt / sid / "data" / sha256(good)).read_bytes() == good
     m2.expect_log("corrupt")
 
 

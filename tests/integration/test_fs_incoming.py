@@ -499,6 +499,11 @@ def test_chmod_and_utime_are_kept(mounter):
     run("touch", "-m", "-d", "@1000000000.5", p)
     st = os.stat(p)
     assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o755, 1_000_000_000_500_000_000)
+    # Before 1970 too (a quarter second before a second before the epoch).
+    run("touch", "-m", "-d", "@-1.25", p)
+    assert os.stat(p).st_mtime_ns == -1_250_000_000
+    assert out("stat", "-c", "%.2Y", p) == "-1.25"
+    os.utime(p, ns=(0, 1_000_000_000_500_000_000))
     # Set while open for writing, kept through the commit at close.
     with open(mdir / "incoming" / "g", "wb") as f:
         f.write(b"g content")
