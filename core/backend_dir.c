@@ -512,7 +512,11 @@ static int meta_subdir(casfs_store *s, const char *name)
 
 /* ----------------------------------------------------------------- staging */
 
-static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
+/* A staging file.  locked: the caller holds the store's lock, which a
+ * cleaner takes too, and uses the file only while it holds it (a label
+ * being written): no cleaner can run meanwhile, so it needs no flock of
+ * its own. */
+static int stage_create(casfs_store *s, struct casfs_stage *st, bool locked)
 {
 	int rc = ensure_meta(s);
 	if (rc < 0)
@@ -526,6 +530,11 @@ static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
 			continue;
 		if (fd < 0)
 			return casfs__errno(-errno, "cannot create staging file");
+		if (locked) {
+			st->fd = fd;
+			st->synced = false;
+			return 0;
+		}
 		/* The lock marks the file as live.  A cleaner unlinks only
 		 * while holding it, so once we hold it a zero link count means
 		 * we lost a race with a cleaner: start again. */
@@ -546,6 +555,11 @@ static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
 	return casfs__err(-EIO, "cannot create a staging file");
 }
 
+static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
+{
+	return stage_create(s, st, false);
+}
+
 static void dir_stage_discard(casfs_store *s, struct casfs_stage *st)
 {
 	if (st->fd < 0)
@@ -555,6 +569,9 @@ static void dir_stage_discard(casfs_store *s, struct casfs_stage *st)
 	st->fd = -1;
 }
 
+static int dir_lock(casfs_store *s, bool exclusive, int *token);
+static void dir_unlock(casfs_store *s, int token);
+
 static int dir_stage_clean(casfs_store *s, unsigned *removed)
 {
 	unsigned count = 0;
@@ -563,10 +580,18 @@ static int dir_stage_clean(casfs_store *s, unsigned *removed)
 		*removed = 0;
 	if (sfd < 0)
 		return 0; /* nothing was ever staged */
-	int rc = 0;
+	/* Under the store's lock: a label being written holds it and its
+	 * staging file has no flock of its own (stage_create). */
+	int token;
+	int rc = dir_lock(s, true, &token);
+	if (rc < 0)
+		return rc == -EROFS ? 0 : rc; /* read-only: nothing to remove anyway */
 	DIR *d = dir_stream(sfd);
-	if (!d)
-		return casfs__errno(-errno, "cannot list staging");
+	if (!d) {
+		rc = casfs__errno(-errno, "cannot list staging");
+		dir_unlock(s, token);
+		return rc;
+	}
 	struct dirent *e;
 	while ((e = readdir(d))) {
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
@@ -594,6 +619,7 @@ static int dir_stage_clean(casfs_store *s, unsigned *removed)
 		close(fd);
 	}
 	closedir(d);
+	dir_unlock(s, token);
 	if (removed)
 		*removed = count;
 	return rc;
@@ -1142,7 +1168,7 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex, co
 {
 	(void)cur; /* the exclusive lock keeps it */
 	struct casfs_stage st = { .fd = -1 };
-	int rc = dir_stage_create(s, &st);
+	int rc = stage_create(s, &st, true); /* label changes hold the lock */
 	if (rc < 0)
 		return rc;
 	struct lparent lp = { .fd = -1 };
@@ -1518,6 +1544,24 @@ static int journal_open(casfs_store *s)
 		      O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
 }
 
+/* Renames a journal grown past the limit to journal.1, under the file's
+ * flock, if it still is the file this store handle appends to (another
+ * process may have rotated it meanwhile) and still too long. */
+static int journal_rotate(struct dir_store *ds)
+{
+	if (flock(ds->journal_fd, LOCK_EX) < 0)
+		return -errno;
+	struct stat c;
+	int rc = 0;
+	if (fstatat(ds->meta_fd, "journal", &c, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    c.st_ino == ds->journal_ino && c.st_dev == ds->journal_dev &&
+	    (uint64_t)c.st_size > journal_max() &&
+	    renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
+		rc = -errno;
+	flock(ds->journal_fd, LOCK_UN);
+	return rc;
+}
+
 static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool sync)
 {
 	struct dir_store *ds = S(s);
@@ -1541,12 +1585,11 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool
 			ds->journal_dev = a.st_dev;
 			ds->journal_ino = a.st_ino;
 		}
-		if (flock(ds->journal_fd, LOCK_EX) < 0) {
-			rc = -errno;
-			break;
-		}
 		/* Another process may have rotated the file we hold: then the
-		 * name is another file (ours keeps its identity). */
+		 * name is another file (ours keeps its identity).  A line
+		 * appended (O_APPEND: whole, never interleaved) just after a
+		 * rotation lands at the end of journal.1, which events reads
+		 * too; only rotating takes the file's flock. */
 		if (fstatat(ds->meta_fd, "journal", &b, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    b.st_ino != ds->journal_ino || b.st_dev != ds->journal_dev) {
 			close(ds->journal_fd);
@@ -1557,9 +1600,7 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool
 		if (rc == 0 && sync && !casfs__nosync(s) && fdatasync(ds->journal_fd) < 0)
 			rc = -errno;
 		if (rc == 0 && (uint64_t)b.st_size + len > journal_max())
-			if (renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
-				rc = -errno;
-		flock(ds->journal_fd, LOCK_UN);
+			rc = journal_rotate(ds);
 		break;
 	}
 	pthread_mutex_unlock(&ds->mu);

@@ -1734,7 +1734,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		rc = version_new(x, attr->st_size == 0, &v);
 		temp = rc == 0;
 	}
-	int64_t mt = -1;
+	int64_t mt = 0; /* any time, also before 1970, when set_mt */
+	bool set_mt = (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) != 0;
 	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
 		mt = now_ns();
 	else if (to_set & FUSE_SET_ATTR_MTIME)
@@ -1756,7 +1757,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			v->set_mode = true;
 			v->mode = mode;
 		}
-		if (mt >= 0)
+		if (set_mt)
 			v->mtime_ns = mt;
 		bool committed = !v->dirty;
 		if (temp)
@@ -1765,7 +1766,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		/* Also on the label itself when it exists now. */
 		if (rc == 0 && committed && !temp)
 			casfs_label_setattr(x->st->s, name, (to_set & FUSE_SET_ATTR_MODE) ? &mode : NULL,
-					    mt >= 0 ? &mt : NULL);
+					    set_mt ? &mt : NULL);
 		if (temp)
 			version_put(v);
 	} else if (rc == 0) {
@@ -1773,7 +1774,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			rc = x->kind == K_IFILE ? -EIO : -EISDIR;
 		else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW))
 			rc = casfs_label_setattr(x->st->s, name, (to_set & FUSE_SET_ATTR_MODE) ? &mode : NULL,
-						 mt >= 0 ? &mt : NULL);
+						 set_mt ? &mt : NULL);
 	}
 	free(name);
 	if (vref)

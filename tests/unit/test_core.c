@@ -1245,6 +1245,53 @@ static int count_shared_changes(const char *line, void *ud)
 	return 0;
 }
 
+/* A cleaner of staging debris running while labels are written: a label
+ * being written is staged without a flock of its own, which is safe only
+ * because the cleaner takes the store's lock. */
+struct cleaner_arg {
+	casfs_store *s;
+	volatile int stop;
+	int runs, errors;
+};
+
+static void *cleaner_main(void *arg)
+{
+	struct cleaner_arg *c = arg;
+	while (!c->stop) {
+		unsigned removed = 0;
+		if (casfs_store_clean_staging(c->s, &removed) < 0 || removed)
+			c->errors++;
+		c->runs++;
+	}
+	return NULL;
+}
+
+static void test_cleaner_beside_writers(void)
+{
+	casfs_store *s, *s2;
+	casfs_store_create(root, "cleaner", CASFS_SHA256, NULL, 0);
+	IS(casfs_store_open(&s, root, "cleaner"), 0, "open a store for writers");
+	IS(casfs_store_open(&s2, root, "cleaner"), 0, "and for a cleaner");
+	struct cleaner_arg c = { s2, 0, 0, 0 };
+	pthread_t th;
+	pthread_create(&th, NULL, cleaner_main, &c);
+	int failed = 0;
+	char hex[CASFS_HEX_MAX], name[32], body[32];
+	for (int i = 0; i < 300; i++) {
+		int n = snprintf(body, sizeof(body), "cleaned %d", i);
+		snprintf(name, sizeof(name), "d/l%d", i % 7);
+		if (casfs_blob_put(s, body, (size_t)n, hex) < 0 || casfs_label_set(s, name, hex, NULL, NULL) < 0)
+			failed++;
+	}
+	c.stop = 1;
+	pthread_join(th, NULL);
+	IS(failed, 0, "no label change failed while a cleaner ran");
+	OK(c.runs > 0, "the cleaner ran (%d times)", c.runs);
+	IS(c.errors, 0, "the cleaner found nothing to remove: every staging file was live");
+	casfs_store_free(s2);
+	casfs_store_free(s);
+}
+
 static void test_threads(void)
 {
 	casfs_store *s;
@@ -1429,6 +1476,7 @@ int main(int argc, char **argv)
 	test_sessions();
 	test_deferred_sync();
 	test_threads();
+	test_cleaner_beside_writers();
 	casfs_root_free(root);
 	if (!backend_is_dir) {
 		rados_cleanup();
