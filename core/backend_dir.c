@@ -1547,15 +1547,21 @@ static int journal_open(casfs_store *s)
 /* Renames a journal grown past the limit to journal.1, under the file's
  * flock, if it still is the file this store handle appends to (another
  * process may have rotated it meanwhile) and still too long. */
+/* Whether the name journal is still the file journal_fd appends to (*st:
+ * its attributes); another process may have rotated it. */
+static bool journal_is_ours(struct dir_store *ds, struct stat *st)
+{
+	return fstatat(ds->meta_fd, "journal", st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       st->st_ino == ds->journal_ino && st->st_dev == ds->journal_dev;
+}
+
 static int journal_rotate(struct dir_store *ds)
 {
 	if (flock(ds->journal_fd, LOCK_EX) < 0)
 		return -errno;
 	struct stat c;
 	int rc = 0;
-	if (fstatat(ds->meta_fd, "journal", &c, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    c.st_ino == ds->journal_ino && c.st_dev == ds->journal_dev &&
-	    (uint64_t)c.st_size > journal_max() &&
+	if (journal_is_ours(ds, &c) && (uint64_t)c.st_size > journal_max() &&
 	    renameat(ds->meta_fd, "journal", ds->meta_fd, "journal.1") < 0)
 		rc = -errno;
 	flock(ds->journal_fd, LOCK_UN);
@@ -1590,8 +1596,7 @@ static int dir_journal_append(casfs_store *s, const char *line, size_t len, bool
 		 * appended (O_APPEND: whole, never interleaved) just after a
 		 * rotation lands at the end of journal.1, which events reads
 		 * too; only rotating takes the file's flock. */
-		if (fstatat(ds->meta_fd, "journal", &b, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    b.st_ino != ds->journal_ino || b.st_dev != ds->journal_dev) {
+		if (!journal_is_ours(ds, &b)) {
 			close(ds->journal_fd);
 			ds->journal_fd = -1;
 			continue;

@@ -346,8 +346,7 @@ static void random_bytes(unsigned char *raw, size_t bytes)
 			}
 		}
 		size_t take = bytes < left ? bytes : left;
-		memcpy(raw, pool + sizeof(pool) - left, take);
-		memset(pool + sizeof(pool) - left, 0, take); /* used once */
+		memcpy(raw, pool + sizeof(pool) - left, take); /* each byte once */
 		left -= take;
 		raw += take;
 		bytes -= take;

@@ -505,6 +505,28 @@ static int node_stat(struct node *x, struct stat *st, double *timeout)
 	return rc;
 }
 
+/* Attributes of a file of incoming/ whose label does not exist yet: all
+ * from the version being written (its creator owns it, as it will own the
+ * label). */
+static void fill_uncommitted(struct node *x, struct version *v, struct stat *st)
+{
+	casfs_label_info li = { .mode = 0644, .uid = fs.uid, .gid = fs.gid };
+	pthread_mutex_lock(&v->mu);
+	if (v->created) {
+		li.uid = v->uid;
+		li.gid = v->gid;
+	}
+	if (v->set_mode)
+		li.mode = v->mode;
+	li.mtime_ns = li.ctime_ns = v->mtime_ns;
+	uint64_t size = version_size(v);
+	pthread_mutex_unlock(&v->mu);
+	fill_label_common(st, x, &li);
+	st->st_mode = S_IFREG | li.mode;
+	st->st_size = (off_t)size;
+	st->st_blocks = (blkcnt_t)((size + 511) / 512);
+}
+
 /* node_stat for labels; v is the version being written, if any. */
 static int node_stat_label(struct node *x, struct stat *st, struct version *v)
 {
@@ -544,19 +566,8 @@ static int node_stat_label(struct node *x, struct stat *st, struct version *v)
 	rc = casfs_label_stat(x->st->s, name, &li);
 	free(name);
 	if (rc == -ENOENT && v) {
-		/* A file created in incoming/ and not yet committed. */
-		memset(&li, 0, sizeof(li));
-		li.mode = 0644;
-		li.uid = fs.uid;
-		li.gid = fs.gid;
-		pthread_mutex_lock(&v->mu);
-		if (v->created) {
-			li.uid = v->uid;
-			li.gid = v->gid;
-		}
-		li.mtime_ns = li.ctime_ns = v->mtime_ns;
-		pthread_mutex_unlock(&v->mu);
-		rc = 0;
+		fill_uncommitted(x, v, st); /* created in incoming/, not yet committed */
+		return 0;
 	}
 	if (rc < 0)
 		return rc == -EINVAL || rc == -EFBIG ? -EIO : rc;
@@ -1406,24 +1417,17 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 				 * no need to ask the store again. */
 				const struct fuse_ctx *c = fuse_req_ctx(req);
 				struct version *v = handle_version(fi);
-				struct fuse_entry_param e;
-				memset(&e, 0, sizeof(e));
-				struct stat *a = &e.attr;
 				pthread_mutex_lock(&v->mu);
 				v->set_mode = true;
 				v->mode = mode & 07777;
 				v->created = true;
 				/* Whom the label will belong to (fs_identity). */
-				v->uid = a->st_uid = fs.uid == 0 ? c->uid : fs.uid;
-				v->gid = a->st_gid = fs.uid == 0 ? c->gid : fs.gid;
-				a->st_size = (off_t)version_size(v);
-				ns_to_ts(v->mtime_ns, &a->st_mtim);
+				v->uid = fs.uid == 0 ? c->uid : fs.uid;
+				v->gid = fs.uid == 0 ? c->gid : fs.gid;
 				pthread_mutex_unlock(&v->mu);
-				a->st_ino = x->ino;
-				a->st_mode = S_IFREG | (mode & 07777);
-				a->st_nlink = 1;
-				a->st_blocks = (blkcnt_t)((a->st_size + 511) / 512);
-				a->st_ctim = a->st_atim = a->st_mtim;
+				struct fuse_entry_param e;
+				memset(&e, 0, sizeof(e));
+				fill_uncommitted(x, v, &e.attr);
 				e.ino = x->ino;
 				e.attr_timeout = e.entry_timeout = T_LABEL;
 				if (fuse_reply_create(req, &e, fi) != 0) {
