@@ -38,6 +38,7 @@
 #include "internal.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <rados/librados.h>
@@ -49,6 +50,93 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+/* librados is loaded on the first rados: root, not linked: loading it (and
+ * the Ceph libraries it pulls in) costs ~0.1 s at every start of every
+ * program, and far more at exit under LeakSanitizer, for users who never
+ * use a rados: root.  Every librados call goes through rl. */
+#define RADOS_CALLS(X) \
+	X(rados_aio_create_completion2) \
+	X(rados_aio_get_return_value) \
+	X(rados_aio_read) \
+	X(rados_aio_release) \
+	X(rados_aio_wait_for_complete) \
+	X(rados_aio_write_full) \
+	X(rados_conf_read_file) \
+	X(rados_conf_set) \
+	X(rados_connect) \
+	X(rados_create) \
+	X(rados_create_read_op) \
+	X(rados_create_write_op) \
+	X(rados_getxattr) \
+	X(rados_getxattrs_end) \
+	X(rados_getxattrs_next) \
+	X(rados_ioctx_create) \
+	X(rados_ioctx_destroy) \
+	X(rados_ioctx_set_namespace) \
+	X(rados_lock_exclusive) \
+	X(rados_lock_shared) \
+	X(rados_nobjects_list_close) \
+	X(rados_nobjects_list_next) \
+	X(rados_nobjects_list_open) \
+	X(rados_omap_get_end) \
+	X(rados_omap_get_next2) \
+	X(rados_read) \
+	X(rados_read_op_getxattrs) \
+	X(rados_read_op_omap_get_vals2) \
+	X(rados_read_op_omap_get_vals_by_keys2) \
+	X(rados_read_op_operate) \
+	X(rados_release_read_op) \
+	X(rados_release_write_op) \
+	X(rados_remove) \
+	X(rados_shutdown) \
+	X(rados_stat) \
+	X(rados_unlock) \
+	X(rados_write_op_append) \
+	X(rados_write_op_assert_exists) \
+	X(rados_write_op_cmpxattr) \
+	X(rados_write_op_create) \
+	X(rados_write_op_exec) \
+	X(rados_write_op_omap_cmp2) \
+	X(rados_write_op_omap_rm_keys2) \
+	X(rados_write_op_omap_set2) \
+	X(rados_write_op_operate) \
+	X(rados_write_op_remove) \
+	X(rados_write_op_setxattr) \
+	X(rados_write_op_write_full)
+
+static struct {
+#define X(f) __typeof__(f) *f;
+	RADOS_CALLS(X)
+#undef X
+} rl;
+static pthread_once_t rl_once = PTHREAD_ONCE_INIT;
+static char rl_error[256];
+
+static void rl_load(void)
+{
+	void *h = dlopen("librados.so.2", RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		snprintf(rl_error, sizeof(rl_error), "%s", dlerror());
+		return;
+	}
+#define X(f) \
+	if (!rl_error[0] && !(*(void **)&rl.f = dlsym(h, #f))) \
+		snprintf(rl_error, sizeof(rl_error), "librados.so.2 has no %s", #f);
+	RADOS_CALLS(X)
+#undef X
+	if (rl_error[0])
+		dlclose(h); /* rl is never used: every rados: root fails to open */
+}
+
+static int rl_ready(void)
+{
+	pthread_once(&rl_once, rl_load);
+	if (rl_error[0])
+		return casfs__err(-ENOTSUP, "rados: roots need Ceph's client library (Debian package "
+			"librados2): %s", rl_error);
+	return 0;
+}
 
 #define CHUNK (4u << 20)         /* bytes per RADOS object of a blob */
 #define INFLIGHT 4               /* chunk transfers in flight per blob */
@@ -200,17 +288,17 @@ static int omap_get(rados_ioctx_t io, const char *obj, const char *const *keys, 
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++)
 		klens[i] = strlen(keys[i]);
-	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_t op = rl.rados_create_read_op();
 	rados_omap_iter_t it;
 	int prval = 0;
-	rados_read_op_omap_get_vals_by_keys2(op, keys, n, klens, &it, &prval);
-	int rc = rados_read_op_operate(op, io, obj, 0);
+	rl.rados_read_op_omap_get_vals_by_keys2(op, keys, n, klens, &it, &prval);
+	int rc = rl.rados_read_op_operate(op, io, obj, 0);
 	if (rc == 0 && prval < 0)
 		rc = prval;
 	if (rc == 0) {
 		char *k, *v;
 		size_t kl, vl;
-		while (rados_omap_get_next2(it, &k, &v, &kl, &vl) == 0 && k) {
+		while (rl.rados_omap_get_next2(it, &k, &v, &kl, &vl) == 0 && k) {
 			for (size_t i = 0; i < n; i++) {
 				if (kl == klens[i] && memcmp(k, keys[i], kl) == 0 && !vals[i]) {
 					vals[i] = malloc(vl + 1);
@@ -224,8 +312,8 @@ static int omap_get(rados_ioctx_t io, const char *obj, const char *const *keys, 
 			}
 		}
 	}
-	rados_omap_get_end(it);
-	rados_release_read_op(op);
+	rl.rados_omap_get_end(it);
+	rl.rados_release_read_op(op);
 	return rc;
 }
 
@@ -241,24 +329,24 @@ static int omap_walk(rados_ioctx_t io, const char *obj, const char *prefix, omap
 		return -ENOMEM;
 	int rc = 0;
 	for (;;) {
-		rados_read_op_t op = rados_create_read_op();
+		rados_read_op_t op = rl.rados_create_read_op();
 		rados_omap_iter_t it;
 		unsigned char more = 0;
 		int prval = 0;
-		rados_read_op_omap_get_vals2(op, after, prefix, PAGE_KEYS, &it, &more, &prval);
-		rc = rados_read_op_operate(op, io, obj, 0);
+		rl.rados_read_op_omap_get_vals2(op, after, prefix, PAGE_KEYS, &it, &more, &prval);
+		rc = rl.rados_read_op_operate(op, io, obj, 0);
 		if (rc == 0 && prval < 0)
 			rc = prval;
 		if (rc < 0) {
-			rados_omap_get_end(it); /* made with the operation */
-			rados_release_read_op(op);
+			rl.rados_omap_get_end(it); /* made with the operation */
+			rl.rados_release_read_op(op);
 			break;
 		}
 		char *k, *v, *skip = NULL;
 		size_t kl, vl;
 		bool stop = false, jumped = false;
 		char *last = NULL;
-		while (!stop && rados_omap_get_next2(it, &k, &v, &kl, &vl) == 0 && k) {
+		while (!stop && rl.rados_omap_get_next2(it, &k, &v, &kl, &vl) == 0 && k) {
 			char *key = strndup(k, kl);
 			if (!key) {
 				rc = -ENOMEM;
@@ -277,8 +365,8 @@ static int omap_walk(rados_ioctx_t io, const char *obj, const char *prefix, omap
 				stop = true;
 			}
 		}
-		rados_omap_get_end(it);
-		rados_release_read_op(op);
+		rl.rados_omap_get_end(it);
+		rl.rados_release_read_op(op);
 		if (stop) {
 			free(last);
 			free(skip);
@@ -315,6 +403,9 @@ static int rados_root_open(casfs_root *r, const char *spec)
 		return casfs__err(-EINVAL, "'%s': a namespace cannot contain '/'", spec);
 	if (strlen(ns) > NS_MAX)
 		return casfs__err(-ENAMETOOLONG, "'%s': a namespace is at most %d bytes", spec, NS_MAX);
+	int lrc = rl_ready();
+	if (lrc < 0)
+		return lrc;
 	struct rroot *rr = calloc(1, sizeof(*rr));
 	if (!rr)
 		return casfs__err(-ENOMEM, "out of memory");
@@ -389,43 +480,43 @@ static int rados_root_open(casfs_root *r, const char *spec)
 		goto fail;
 	}
 
-	if ((rc = rados_create(&rr->cl, id)) < 0) {
+	if ((rc = rl.rados_create(&rr->cl, id)) < 0) {
 		rc = casfs__errno(rc, "cannot make a Ceph client '%s'", id);
 		goto fail;
 	}
 	if (conf && *conf) {
-		if ((rc = rados_conf_read_file(rr->cl, conf)) < 0) {
+		if ((rc = rl.rados_conf_read_file(rr->cl, conf)) < 0) {
 			rc = casfs__errno(rc, "cannot read Ceph configuration '%s'", conf);
 			goto fail;
 		}
-	} else if ((rc = rados_conf_read_file(rr->cl, NULL)) < 0) {
+	} else if ((rc = rl.rados_conf_read_file(rr->cl, NULL)) < 0) {
 		rc = casfs__errno(rc, "no Ceph configuration found (set ceph_conf, or $CEPH_CONF)");
 		goto fail;
 	}
 	char t[16];
 	snprintf(t, sizeof(t), "%d", rr->timeout);
-	rados_conf_set(rr->cl, "rados_osd_op_timeout", t);
-	rados_conf_set(rr->cl, "rados_mon_op_timeout", t);
-	rados_conf_set(rr->cl, "client_mount_timeout", t);
-	rados_conf_set(rr->cl, "log_to_stderr", "false");
-	rados_conf_set(rr->cl, "err_to_stderr", "false");
-	if ((rc = rados_connect(rr->cl)) < 0) {
+	rl.rados_conf_set(rr->cl, "rados_osd_op_timeout", t);
+	rl.rados_conf_set(rr->cl, "rados_mon_op_timeout", t);
+	rl.rados_conf_set(rr->cl, "client_mount_timeout", t);
+	rl.rados_conf_set(rr->cl, "log_to_stderr", "false");
+	rl.rados_conf_set(rr->cl, "err_to_stderr", "false");
+	if ((rc = rl.rados_connect(rr->cl)) < 0) {
 		rc = rc == -ETIMEDOUT || rc == -EINTR
 			? casfs__err(-ETIMEDOUT, "cannot reach the Ceph cluster within %d s", rr->timeout)
 			: casfs__errno(rc, "cannot connect to the Ceph cluster as client.%s", id);
 		goto fail;
 	}
-	if ((rc = rados_ioctx_create(rr->cl, rr->pool, &rr->io)) < 0) {
+	if ((rc = rl.rados_ioctx_create(rr->cl, rr->pool, &rr->io)) < 0) {
 		rc = rc == -ENOENT ? casfs__err(-ENOENT, "no Ceph pool '%s'", rr->pool)
 				   : casfs__errno(rc, "cannot open Ceph pool '%s'", rr->pool);
 		goto fail;
 	}
-	rados_ioctx_set_namespace(rr->io, rr->ns);
+	rl.rados_ioctx_set_namespace(rr->io, rr->ns);
 	/* The root object: made on first use (a pool is a root already). */
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
-	rc = rados_write_op_operate(op, rr->io, "casfs.root", NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+	rc = rl.rados_write_op_operate(op, rr->io, "casfs.root", NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc < 0) {
 		rc = rerr(rc, "cannot open root", spec);
 		goto fail;
@@ -447,9 +538,9 @@ static void rados_root_close(casfs_root *r)
 	if (!rr)
 		return;
 	if (rr->io)
-		rados_ioctx_destroy(rr->io);
+		rl.rados_ioctx_destroy(rr->io);
 	if (rr->cl)
-		rados_shutdown(rr->cl);
+		rl.rados_shutdown(rr->cl);
 	pthread_mutex_destroy(&rr->cmu);
 	free(rr->pool);
 	free(rr->ns);
@@ -461,7 +552,7 @@ static void rados_root_close(casfs_root *r)
 
 static int store_ioctx(casfs_root *r, const char *id, rados_ioctx_t *io)
 {
-	int rc = rados_ioctx_create(R(r)->cl, R(r)->pool, io);
+	int rc = rl.rados_ioctx_create(R(r)->cl, R(r)->pool, io);
 	if (rc < 0)
 		return casfs__errno(rc, "cannot open Ceph pool '%s'", R(r)->pool);
 	/* "NS/ID"; RADOS namespaces are at most 256 bytes, so a longer one
@@ -473,7 +564,7 @@ static int store_ioctx(casfs_root *r, const char *id, rados_ioctx_t *io)
 		casfs__hash_buf(CASFS_SHA256, id, strlen(id), hex);
 		snprintf(ns, sizeof(ns), "%s//%s", R(r)->ns, hex);
 	}
-	rados_ioctx_set_namespace(*io, ns);
+	rl.rados_ioctx_set_namespace(*io, ns);
 	return 0;
 }
 
@@ -484,21 +575,21 @@ static int rados_store_create(casfs_root *r, const char *id, casfs_algo algo)
 	if (rc < 0)
 		return rc;
 	const char *an = casfs_algo_name(algo);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
-	rados_write_op_setxattr(op, "casfs.algo", an, strlen(an));
-	rc = rados_write_op_operate(op, io, LOCK_OBJ, NULL, 0);
-	rados_release_write_op(op);
-	rados_ioctx_destroy(io);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+	rl.rados_write_op_setxattr(op, "casfs.algo", an, strlen(an));
+	rc = rl.rados_write_op_operate(op, io, LOCK_OBJ, NULL, 0);
+	rl.rados_release_write_op(op);
+	rl.rados_ioctx_destroy(io);
 	if (rc < 0)
 		return rerr(rc, "cannot create store", id);
-	op = rados_create_write_op();
+	op = rl.rados_create_write_op();
 	size_t kl = strlen(id), vl = strlen(an);
 	int prval = 0;
-	rados_write_op_omap_cmp2(op, id, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
-	rados_write_op_omap_set2(op, &id, &an, &kl, &vl, 1);
-	rc = rados_write_op_operate(op, R(r)->io, "casfs.root", NULL, 0);
-	rados_release_write_op(op);
+	rl.rados_write_op_omap_cmp2(op, id, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
+	rl.rados_write_op_omap_set2(op, &id, &an, &kl, &vl, 1);
+	rc = rl.rados_write_op_operate(op, R(r)->io, "casfs.root", NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc == -ECANCELED)
 		return casfs__err(-EEXIST, "store '%s' exists", id);
 	return rc < 0 ? rerr(rc, "cannot create store", id) : 0;
@@ -506,11 +597,11 @@ static int rados_store_create(casfs_root *r, const char *id, casfs_algo algo)
 
 static int rados_store_remove(casfs_root *r, const char *id)
 {
-	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_t op = rl.rados_create_write_op();
 	size_t kl = strlen(id);
-	rados_write_op_omap_rm_keys2(op, &id, &kl, 1);
-	int rc = rados_write_op_operate(op, R(r)->io, "casfs.root", NULL, 0);
-	rados_release_write_op(op);
+	rl.rados_write_op_omap_rm_keys2(op, &id, &kl, 1);
+	int rc = rl.rados_write_op_operate(op, R(r)->io, "casfs.root", NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc < 0)
 		return rerr(rc, "cannot remove store", id);
 	/* What is left in its namespace: the label object and the journal. */
@@ -518,13 +609,13 @@ static int rados_store_remove(casfs_root *r, const char *id)
 	if (store_ioctx(r, id, &io) < 0)
 		return 0;
 	rados_list_ctx_t ctx;
-	if (rados_nobjects_list_open(io, &ctx) == 0) {
+	if (rl.rados_nobjects_list_open(io, &ctx) == 0) {
 		const char *e;
-		while (rados_nobjects_list_next(ctx, &e, NULL, NULL) == 0)
-			rados_remove(io, e);
-		rados_nobjects_list_close(ctx);
+		while (rl.rados_nobjects_list_next(ctx, &e, NULL, NULL) == 0)
+			rl.rados_remove(io, e);
+		rl.rados_nobjects_list_close(ctx);
 	}
-	rados_ioctx_destroy(io);
+	rl.rados_ioctx_destroy(io);
 	return 0;
 }
 
@@ -579,7 +670,7 @@ static int rados_store_open(casfs_store *s)
 	if (rc < 0)
 		return casfs__errno(rc, "cannot make cache directory '%s'", path);
 	char seg[16] = "";
-	rc = rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", seg, sizeof(seg) - 1);
+	rc = rl.rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", seg, sizeof(seg) - 1);
 	if (rc > 0) {
 		seg[rc] = '\0';
 		rs->jseg = (unsigned)strtoul(seg, NULL, 10);
@@ -593,7 +684,7 @@ static void rados_store_close(casfs_store *s)
 	if (!rs)
 		return;
 	if (rs->io)
-		rados_ioctx_destroy(rs->io);
+		rl.rados_ioctx_destroy(rs->io);
 	pthread_mutex_destroy(&rs->mu);
 	free(rs->cache);
 	free(rs->cookies);
@@ -682,23 +773,23 @@ static int head_read(casfs_store *s, const char *hex, struct head *h)
 {
 	char oid[CASFS_HEX_MAX + 8];
 	chunk_name(oid, sizeof(oid), hex, "", 0);
-	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_t op = rl.rados_create_read_op();
 	rados_xattrs_iter_t it;
 	int prval = 0;
-	rados_read_op_getxattrs(op, &it, &prval);
-	int rc = rados_read_op_operate(op, S(s)->io, oid, 0);
+	rl.rados_read_op_getxattrs(op, &it, &prval);
+	int rc = rl.rados_read_op_operate(op, S(s)->io, oid, 0);
 	if (rc == 0 && prval < 0)
 		rc = prval;
 	if (rc < 0) {
-		rados_getxattrs_end(it);
-		rados_release_read_op(op);
+		rl.rados_getxattrs_end(it);
+		rl.rados_release_read_op(op);
 		return rc == -ENOENT ? -ENOENT : rerr(rc, "cannot read blob", hex);
 	}
 	memset(h, 0, sizeof(*h));
 	bool have_size = false;
 	const char *name, *val;
 	size_t len;
-	while (rados_getxattrs_next(it, &name, &val, &len) == 0 && name) {
+	while (rl.rados_getxattrs_next(it, &name, &val, &len) == 0 && name) {
 		char v[32];
 		size_t n = len < sizeof(v) - 1 ? len : sizeof(v) - 1;
 		if (n)
@@ -713,8 +804,8 @@ static int head_read(casfs_store *s, const char *hex, struct head *h)
 			memcpy(h->tail, v, n + 1);
 		}
 	}
-	rados_getxattrs_end(it);
-	rados_release_read_op(op);
+	rl.rados_getxattrs_end(it);
+	rl.rados_release_read_op(op);
 	if (!have_size)
 		return casfs__err(-EIO, "blob %s in store '%s' has no size: not written by casfs", hex, s->id);
 	return 0;
@@ -727,11 +818,11 @@ static int freshen(casfs_store *s, const char *hex)
 	char oid[CASFS_HEX_MAX + 8], now[24];
 	chunk_name(oid, sizeof(oid), hex, "", 0);
 	fresh_now(now);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_assert_exists(op);
-	rados_write_op_setxattr(op, "casfs.fresh", now, strlen(now));
-	int rc = rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_assert_exists(op);
+	rl.rados_write_op_setxattr(op, "casfs.fresh", now, strlen(now));
+	int rc = rl.rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
+	rl.rados_release_write_op(op);
 	return rc;
 }
 
@@ -749,9 +840,9 @@ static int xfer_wait(struct xfer *x, int i)
 {
 	if (!x->used[i])
 		return 0;
-	rados_aio_wait_for_complete(x->c[i]);
-	int rc = rados_aio_get_return_value(x->c[i]);
-	rados_aio_release(x->c[i]);
+	rl.rados_aio_wait_for_complete(x->c[i]);
+	int rc = rl.rados_aio_get_return_value(x->c[i]);
+	rl.rados_aio_release(x->c[i]);
 	x->used[i] = false;
 	if (rc >= 0 && x->out_fd[i] >= 0) {
 		/* A read: rc is the byte count. */
@@ -794,10 +885,10 @@ static int upload_tails(casfs_store *s, int fd, const char *hex, const char *non
 		chunk_name(oid, sizeof(oid), hex, nonce, i);
 		x.out_fd[slot] = -1;
 		x.len[slot] = want;
-		if ((rc = rados_aio_create_completion2(NULL, NULL, &x.c[slot])) < 0)
+		if ((rc = rl.rados_aio_create_completion2(NULL, NULL, &x.c[slot])) < 0)
 			break;
 		x.used[slot] = true;
-		rc = rados_aio_write_full(S(s)->io, oid, x.c[slot], x.buf[slot], want);
+		rc = rl.rados_aio_write_full(S(s)->io, oid, x.c[slot], x.buf[slot], want);
 	}
 	for (int i = 0; i < INFLIGHT; i++) {
 		int w = xfer_wait(&x, i);
@@ -814,7 +905,7 @@ static void remove_tails(casfs_store *s, const char *hex, const char *nonce, uin
 	for (uint64_t i = 1; i < nchunks; i++) {
 		char oid[CASFS_HEX_MAX + 64];
 		chunk_name(oid, sizeof(oid), hex, nonce, i);
-		rados_remove(S(s)->io, oid);
+		rl.rados_remove(S(s)->io, oid);
 	}
 }
 
@@ -871,14 +962,14 @@ static int rados_blob_publish(casfs_store *s, struct casfs_stage *st, const char
 	fresh_now(now);
 	char oid[CASFS_HEX_MAX + 8];
 	chunk_name(oid, sizeof(oid), hex, "", 0);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
-	rados_write_op_write_full(op, head, hlen);
-	rados_write_op_setxattr(op, "casfs.size", sz, strlen(sz));
-	rados_write_op_setxattr(op, "casfs.fresh", now, strlen(now));
-	rados_write_op_setxattr(op, "casfs.tail", nonce, strlen(nonce));
-	rc = rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+	rl.rados_write_op_write_full(op, head, hlen);
+	rl.rados_write_op_setxattr(op, "casfs.size", sz, strlen(sz));
+	rl.rados_write_op_setxattr(op, "casfs.fresh", now, strlen(now));
+	rl.rados_write_op_setxattr(op, "casfs.tail", nonce, strlen(nonce));
+	rc = rl.rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
+	rl.rados_release_write_op(op);
 	free(head);
 	if (rc == -EEXIST) {
 		/* Someone stored the same content meanwhile: keep theirs. */
@@ -933,10 +1024,10 @@ static int fetch_chunks(casfs_store *s, const char *hex, const struct head *h, u
 		x.out_fd[slot] = fd;
 		char oid[CASFS_HEX_MAX + 64];
 		chunk_name(oid, sizeof(oid), hex, h->tail, i);
-		if ((rc = rados_aio_create_completion2(NULL, NULL, &x.c[slot])) < 0)
+		if ((rc = rl.rados_aio_create_completion2(NULL, NULL, &x.c[slot])) < 0)
 			break;
 		x.used[slot] = true;
-		rc = rados_aio_read(S(s)->io, oid, x.c[slot], x.buf[slot], x.len[slot], 0);
+		rc = rl.rados_aio_read(S(s)->io, oid, x.c[slot], x.buf[slot], x.len[slot], 0);
 	}
 	for (int i = 0; i < INFLIGHT; i++) {
 		int w = xfer_wait(&x, i);
@@ -1128,18 +1219,18 @@ static int blob_open_at(casfs_store *s, const char *hex, uint64_t off, int *out,
 static int list_blob_objects(casfs_store *s, const char *prefix, casfs_name_fn fn, void *ud)
 {
 	rados_list_ctx_t ctx;
-	int rc = rados_nobjects_list_open(S(s)->io, &ctx);
+	int rc = rl.rados_nobjects_list_open(S(s)->io, &ctx);
 	if (rc < 0)
 		return rerr(rc, "cannot list blobs of store", s->id);
 	const char *e;
 	size_t plen = strlen(prefix);
-	while ((rc = rados_nobjects_list_next(ctx, &e, NULL, NULL)) == 0) {
+	while ((rc = rl.rados_nobjects_list_next(ctx, &e, NULL, NULL)) == 0) {
 		if (strncmp(e, prefix, plen) != 0)
 			continue;
 		if ((rc = fn(e + plen, ud)) != 0)
 			break;
 	}
-	rados_nobjects_list_close(ctx);
+	rl.rados_nobjects_list_close(ctx);
 	if (rc == -ENOENT)
 		return 0; /* the end */
 	return rc < 0 ? rerr(rc, "cannot list blobs of store", s->id) : rc;
@@ -1170,11 +1261,11 @@ static int rados_blob_delete(casfs_store *s, const char *hex, int64_t cutoff_ns,
 	/* Removed only if nobody stored it again since we looked: its
 	 * freshness still before the cutoff (equal-width decimal strings
 	 * compare like the numbers). */
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_cmpxattr(op, "casfs.fresh", LIBRADOS_CMPXATTR_OP_GT, cut, strlen(cut));
-	rados_write_op_remove(op);
-	rc = rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_cmpxattr(op, "casfs.fresh", LIBRADOS_CMPXATTR_OP_GT, cut, strlen(cut));
+	rl.rados_write_op_remove(op);
+	rc = rl.rados_write_op_operate(op, S(s)->io, oid, NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc == -ECANCELED)
 		return -EAGAIN;
 	if (rc < 0)
@@ -1201,26 +1292,26 @@ static int rados_blob_quarantine(casfs_store *s, const char *name)
 	 * the copy's casfs.tail), then remove it. */
 	uint64_t size = 0;
 	time_t mt;
-	int rc = rados_stat(S(s)->io, oid, &size, &mt);
+	int rc = rl.rados_stat(S(s)->io, oid, &size, &mt);
 	if (rc < 0)
 		return rc;
 	char *buf = malloc(size ? size : 1);
 	if (!buf)
 		return -ENOMEM;
-	rc = rados_read(S(s)->io, oid, buf, size, 0);
+	rc = rl.rados_read(S(s)->io, oid, buf, size, 0);
 	if (rc >= 0) {
 		char tail[32] = "";
-		int t = rados_getxattr(S(s)->io, oid, "casfs.tail", tail, sizeof(tail) - 1);
-		rados_write_op_t op = rados_create_write_op();
-		rados_write_op_write_full(op, buf, (size_t)rc);
+		int t = rl.rados_getxattr(S(s)->io, oid, "casfs.tail", tail, sizeof(tail) - 1);
+		rados_write_op_t op = rl.rados_create_write_op();
+		rl.rados_write_op_write_full(op, buf, (size_t)rc);
 		if (t > 0)
-			rados_write_op_setxattr(op, "casfs.tail", tail, (size_t)t);
-		rc = rados_write_op_operate(op, S(s)->io, q, NULL, 0);
-		rados_release_write_op(op);
+			rl.rados_write_op_setxattr(op, "casfs.tail", tail, (size_t)t);
+		rc = rl.rados_write_op_operate(op, S(s)->io, q, NULL, 0);
+		rl.rados_release_write_op(op);
 	}
 	free(buf);
 	if (rc >= 0)
-		rc = rados_remove(S(s)->io, oid);
+		rc = rl.rados_remove(S(s)->io, oid);
 	return rc < 0 ? rerr(rc, "cannot move aside blob", name) : 0;
 }
 
@@ -1254,8 +1345,8 @@ static int take_lock(casfs_store *s, bool exclusive, const char *cookie, uint8_t
 	int64_t deadline = casfs__now_ns() + (int64_t)(LOCK_SECONDS + R(s->root)->timeout) * 1000000000LL;
 	int rc;
 	for (unsigned wait_us = 1000;; wait_us = wait_us < 50000 ? wait_us * 2 : wait_us) {
-		rc = exclusive ? rados_lock_exclusive(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, flags)
-			       : rados_lock_shared(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "labels",
+		rc = exclusive ? rl.rados_lock_exclusive(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur, flags)
+			       : rl.rados_lock_shared(S(s)->io, LOCK_OBJ, LOCK_NAME, cookie, "labels",
 						   "label change", &dur, flags);
 		if (rc != -EBUSY || casfs__now_ns() > deadline)
 			break;
@@ -1294,7 +1385,7 @@ static void lock_assert(casfs_store *s, rados_write_op_t op, char *buf, size_t s
 	v = (uint32_t)tgl;
 	memcpy(p, &v, 4), p += 4;
 	memcpy(p, tag, tgl), p += tgl;
-	rados_write_op_exec(op, "lock", "assert_locked", buf, (size_t)(p - buf), prval);
+	rl.rados_write_op_exec(op, "lock", "assert_locked", buf, (size_t)(p - buf), prval);
 }
 
 /* Renews this thread's shared lock (taking it again if it ran out and a gc
@@ -1386,7 +1477,7 @@ static void lease_renew(casfs_store *s)
 	if (!due)
 		return;
 	struct timeval dur = { .tv_sec = LOCK_SECONDS };
-	if (rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur,
+	if (rl.rados_lock_exclusive(rs->io, LOCK_OBJ, LOCK_NAME, cookie, "gc", &dur,
 				 LIBRADOS_LOCK_FLAG_MAY_RENEW) == 0) {
 		pthread_mutex_lock(&rs->mu);
 		rs->lease_until = now + (int64_t)LOCK_SECONDS * 1000000000LL;
@@ -1407,7 +1498,7 @@ static void rados_store_unlock(casfs_store *s, int token)
 	pthread_mutex_unlock(&rs->mu);
 	if (tl_lock.s == s && !strcmp(tl_lock.cookie, cookie))
 		tl_lock.s = NULL;
-	rados_unlock(rs->io, LOCK_OBJ, LOCK_NAME, cookie);
+	rl.rados_unlock(rs->io, LOCK_OBJ, LOCK_NAME, cookie);
 	pthread_mutex_lock(&rs->mu);
 	rs->busy[token] = false;
 	pthread_mutex_unlock(&rs->mu);
@@ -1480,30 +1571,30 @@ static int lnode_read(casfs_store *s, const char *name, struct lnode *n)
 	size_t klens[2] = { strlen(name), strlen(dkey) };
 	/* One round trip: both keys, and the first two keys under name/
 	 * (one of them may be name/ itself). */
-	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_t op = rl.rados_create_read_op();
 	rados_omap_iter_t kit, cit;
 	int kval = 0, cval = 0;
 	unsigned char more = 0;
-	rados_read_op_omap_get_vals_by_keys2(op, keys, 2, klens, &kit, &kval);
-	rados_read_op_omap_get_vals2(op, "", dkey, 2, &cit, &more, &cval);
-	int rc = rados_read_op_operate(op, S(s)->io, LOCK_OBJ, 0);
+	rl.rados_read_op_omap_get_vals_by_keys2(op, keys, 2, klens, &kit, &kval);
+	rl.rados_read_op_omap_get_vals2(op, "", dkey, 2, &cit, &more, &cval);
+	int rc = rl.rados_read_op_operate(op, S(s)->io, LOCK_OBJ, 0);
 	if (rc == 0)
 		rc = kval < 0 ? kval : cval;
 	if (rc == 0) {
 		char *k, *v;
 		size_t kl, vl;
-		while (rc == 0 && rados_omap_get_next2(kit, &k, &v, &kl, &vl) == 0 && k) {
+		while (rc == 0 && rl.rados_omap_get_next2(kit, &k, &v, &kl, &vl) == 0 && k) {
 			char **slot = kl == klens[0] && !memcmp(k, name, kl) ? &n->val : &n->dval;
 			if (!*slot && !(*slot = strndup(v, vl)))
 				rc = -ENOMEM;
 		}
-		while (rados_omap_get_next2(cit, &k, &v, &kl, &vl) == 0 && k)
+		while (rl.rados_omap_get_next2(cit, &k, &v, &kl, &vl) == 0 && k)
 			if (kl != klens[1])
 				n->children = true; /* a key under name/ other than itself */
 	}
-	rados_omap_get_end(kit);
-	rados_omap_get_end(cit);
-	rados_release_read_op(op);
+	rl.rados_omap_get_end(kit);
+	rl.rados_omap_get_end(cit);
+	rl.rados_release_read_op(op);
 	if (rc < 0) {
 		lnode_free(n);
 		return rerr(rc, "cannot read label", name);
@@ -1543,7 +1634,7 @@ static void guard_ancestors(rados_write_op_t op, const char *name, char *scratch
 	for (size_t i = 0; i < n; i++) {
 		if (scratch[i] != '/')
 			continue;
-		rados_write_op_omap_cmp2(op, scratch, LIBRADOS_CMPXATTR_OP_EQ, "", i, 0, prval);
+		rl.rados_write_op_omap_cmp2(op, scratch, LIBRADOS_CMPXATTR_OP_EQ, "", i, 0, prval);
 	}
 }
 
@@ -1599,19 +1690,19 @@ static int rados_label_write(casfs_store *s, const char *name, const char *hex, 
 	}
 	char v[CASFS_HEX_MAX + 96];
 	lval_format(&nl, v, sizeof(v));
-	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_t op = rl.rados_create_write_op();
 	int prval = 0;
-	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val ? n.val : "", strlen(name),
+	rl.rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val ? n.val : "", strlen(name),
 				 n.val ? strlen(n.val) : 0, &prval);
-	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(dkey), 0, &prval);
+	rl.rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(dkey), 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
 	char abuf[128];
 	lock_assert(s, op, abuf, sizeof(abuf), &prval);
 	const char *k = name, *vp = v;
 	size_t kl = strlen(name), vl = strlen(v);
-	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
-	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-	rados_release_write_op(op);
+	rl.rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
+	rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+	rl.rados_release_write_op(op);
 	lnode_free(&n);
 	if (rc == -ECANCELED)
 		return why_cancelled(s, name);
@@ -1647,15 +1738,15 @@ static int rados_label_delete(casfs_store *s, const char *name, const char *cur)
 		lnode_free(&n);
 		return -EAGAIN;
 	}
-	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_t op = rl.rados_create_write_op();
 	int prval = 0;
 	size_t kl = strlen(name);
-	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, kl, strlen(n.val), &prval);
+	rl.rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, kl, strlen(n.val), &prval);
 	char abuf[128];
 	lock_assert(s, op, abuf, sizeof(abuf), &prval);
-	rados_write_op_omap_rm_keys2(op, &name, &kl, 1);
-	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-	rados_release_write_op(op);
+	rl.rados_write_op_omap_rm_keys2(op, &name, &kl, 1);
+	rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+	rl.rados_release_write_op(op);
 	lnode_free(&n);
 	int lost = lock_lost(s, rc);
 	if (lost)
@@ -1758,14 +1849,14 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 			subtree_free(&sub);
 			return rc;
 		}
-		rados_write_op_t op = rados_create_write_op();
+		rados_write_op_t op = rl.rados_create_write_op();
 		int prval = 0;
 		/* Both ends as we saw them... */
-		rados_write_op_omap_cmp2(op, from, LIBRADOS_CMPXATTR_OP_EQ, f.val ? f.val : "", flen,
+		rl.rados_write_op_omap_cmp2(op, from, LIBRADOS_CMPXATTR_OP_EQ, f.val ? f.val : "", flen,
 					 f.val ? strlen(f.val) : 0, &prval);
-		rados_write_op_omap_cmp2(op, to, LIBRADOS_CMPXATTR_OP_EQ, t.val ? t.val : "", strlen(to),
+		rl.rados_write_op_omap_cmp2(op, to, LIBRADOS_CMPXATTR_OP_EQ, t.val ? t.val : "", strlen(to),
 					 t.val ? strlen(t.val) : 0, &prval);
-		rados_write_op_omap_cmp2(op, tdkey, LIBRADOS_CMPXATTR_OP_EQ, t.dval ? t.dval : "",
+		rl.rados_write_op_omap_cmp2(op, tdkey, LIBRADOS_CMPXATTR_OP_EQ, t.dval ? t.dval : "",
 					 strlen(tdkey), t.dval ? strlen(t.dval) : 0, &prval);
 		guard_ancestors(op, to, scratch, &prval);
 		char abuf[128];
@@ -1774,14 +1865,14 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 			/* ...then the label moves. */
 			const char *k = to, *v = f.val;
 			size_t kl = strlen(to), vl = strlen(f.val);
-			rados_write_op_omap_rm_keys2(op, &from, &flen, 1);
-			rados_write_op_omap_set2(op, &k, &v, &kl, &vl, 1);
+			rl.rados_write_op_omap_rm_keys2(op, &from, &flen, 1);
+			rl.rados_write_op_omap_set2(op, &k, &v, &kl, &vl, 1);
 		} else {
 			/* ...then every key under the directory moves. */
 			char **nk = calloc(sub.n + 1, sizeof(*nk));
 			size_t *nkl = calloc(sub.n + 1, sizeof(*nkl));
 			for (size_t i = 0; nk && nkl && i < sub.n; i++) {
-				rados_write_op_omap_cmp2(op, sub.keys[i], LIBRADOS_CMPXATTR_OP_EQ, sub.vals[i],
+				rl.rados_write_op_omap_cmp2(op, sub.keys[i], LIBRADOS_CMPXATTR_OP_EQ, sub.vals[i],
 							 sub.klens[i], sub.vlens[i], &prval);
 				if (asprintf(&nk[i], "%s%s", tdkey, sub.keys[i] + flen + 1) < 0)
 					nk[i] = NULL;
@@ -1794,11 +1885,11 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 				/* The empty target directory is replaced. */
 				const char *dk = tdkey;
 				size_t dkl = strlen(tdkey);
-				rados_write_op_omap_rm_keys2(op, &dk, &dkl, 1);
+				rl.rados_write_op_omap_rm_keys2(op, &dk, &dkl, 1);
 			}
 			if (ok && sub.n) {
-				rados_write_op_omap_rm_keys2(op, (const char *const *)sub.keys, sub.klens, sub.n);
-				rados_write_op_omap_set2(op, (const char *const *)nk, (const char *const *)sub.vals,
+				rl.rados_write_op_omap_rm_keys2(op, (const char *const *)sub.keys, sub.klens, sub.n);
+				rl.rados_write_op_omap_set2(op, (const char *const *)nk, (const char *const *)sub.vals,
 							 nkl, sub.vlens, sub.n);
 			}
 			for (size_t i = 0; nk && i < sub.n; i++)
@@ -1806,7 +1897,7 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 			free(nk);
 			free(nkl);
 			if (!ok) {
-				rados_release_write_op(op);
+				rl.rados_release_write_op(op);
 				lnode_free(&f);
 				lnode_free(&t);
 				subtree_free(&sub);
@@ -1816,8 +1907,8 @@ static int rados_label_rename(casfs_store *s, const char *from, const char *to)
 				/* An implicit empty directory cannot exist; nothing to move. */
 			}
 		}
-		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
+		rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+		rl.rados_release_write_op(op);
 		lnode_free(&f);
 		lnode_free(&t);
 		subtree_free(&sub);
@@ -1872,18 +1963,18 @@ static int rados_label_quarantine(casfs_store *s, const char *name)
 	snprintf(key, sizeof(key), "%s.%s", name, rnd);
 	const char *k = key, *v = n.val;
 	size_t kl = strlen(key), vl = strlen(n.val), nl = strlen(name);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
-	rados_write_op_omap_set2(op, &k, &v, &kl, &vl, 1);
-	rc = rados_write_op_operate(op, S(s)->io, "casfs.quarantine", NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+	rl.rados_write_op_omap_set2(op, &k, &v, &kl, &vl, 1);
+	rc = rl.rados_write_op_operate(op, S(s)->io, "casfs.quarantine", NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc == 0) {
 		int prval = 0;
-		op = rados_create_write_op();
-		rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, nl, vl, &prval);
-		rados_write_op_omap_rm_keys2(op, &name, &nl, 1);
-		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
+		op = rl.rados_create_write_op();
+		rl.rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, n.val, nl, vl, &prval);
+		rl.rados_write_op_omap_rm_keys2(op, &name, &nl, 1);
+		rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+		rl.rados_release_write_op(op);
 	}
 	lnode_free(&n);
 	return rc < 0 ? rerr(rc, "cannot move aside label", name) : 0;
@@ -1906,7 +1997,7 @@ static int rados_label_stat(casfs_store *s, const char *name, casfs_label_info *
 	if (!name[0]) {
 		uint64_t size;
 		time_t mt;
-		int rc = rados_stat(S(s)->io, LOCK_OBJ, &size, &mt);
+		int rc = rl.rados_stat(S(s)->io, LOCK_OBJ, &size, &mt);
 		if (rc < 0)
 			return rerr(rc, "cannot read labels of store", s->id);
 		l.mtime = l.ctime = (int64_t)mt * 1000000000LL;
@@ -1928,7 +2019,7 @@ static int rados_label_stat(casfs_store *s, const char *name, casfs_label_info *
 		 * label change. */
 		uint64_t size;
 		time_t mt;
-		if (rados_stat(S(s)->io, LOCK_OBJ, &size, &mt) == 0)
+		if (rl.rados_stat(S(s)->io, LOCK_OBJ, &size, &mt) == 0)
 			l.mtime = l.ctime = (int64_t)mt * 1000000000LL;
 		fill_info(out, &l, true);
 	} else {
@@ -1971,17 +2062,17 @@ static int rados_label_setattr(casfs_store *s, const char *name, const uint32_t 
 		l.ctime = casfs__now_ns();
 		char v[CASFS_HEX_MAX + 96];
 		lval_format(&l, v, sizeof(v));
-		rados_write_op_t op = rados_create_write_op();
+		rados_write_op_t op = rl.rados_create_write_op();
 		int prval = 0;
 		size_t kl = strlen(key), vl = strlen(v);
 		const char *vp = v;
-		rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, old ? old : "", kl,
+		rl.rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, old ? old : "", kl,
 					 old ? strlen(old) : 0, &prval);
 		char abuf[128];
 		lock_assert(s, op, abuf, sizeof(abuf), &prval);
-		rados_write_op_omap_set2(op, &key, &vp, &kl, &vl, 1);
-		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
+		rl.rados_write_op_omap_set2(op, &key, &vp, &kl, &vl, 1);
+		rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+		rl.rados_release_write_op(op);
 		lnode_free(&n);
 		int lost = lock_lost(s, rc);
 		if (lost < 0)
@@ -2008,18 +2099,18 @@ static int label_mkdir_once(casfs_store *s, const char *name, uint32_t mode)
 	lval_new(&l, "d", mode);
 	char v[CASFS_HEX_MAX + 96];
 	lval_format(&l, v, sizeof(v));
-	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_t op = rl.rados_create_write_op();
 	int prval = 0;
 	size_t kl = strlen(dkey), vl = strlen(v);
 	const char *k = dkey, *vp = v;
-	rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(name), 0, &prval);
-	rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
+	rl.rados_write_op_omap_cmp2(op, name, LIBRADOS_CMPXATTR_OP_EQ, "", strlen(name), 0, &prval);
+	rl.rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, "", kl, 0, &prval);
 	guard_ancestors(op, name, scratch, &prval);
 	char abuf[128];
 	lock_assert(s, op, abuf, sizeof(abuf), &prval);
-	rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
-	rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-	rados_release_write_op(op);
+	rl.rados_write_op_omap_set2(op, &k, &vp, &kl, &vl, 1);
+	rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc == -ECANCELED)
 		return why_cancelled(s, name); /* -EAGAIN: look again */
 	int lost = lock_lost(s, rc);
@@ -2043,16 +2134,16 @@ static int label_rmdir_once(casfs_store *s, const char *name)
 	else if (!n.dval)
 		rc = -ENOENT;
 	if (rc == 0) {
-		rados_write_op_t op = rados_create_write_op();
+		rados_write_op_t op = rl.rados_create_write_op();
 		int prval = 0;
 		size_t kl = strlen(dkey);
 		const char *k = dkey;
-		rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, n.dval, kl, strlen(n.dval), &prval);
+		rl.rados_write_op_omap_cmp2(op, dkey, LIBRADOS_CMPXATTR_OP_EQ, n.dval, kl, strlen(n.dval), &prval);
 		char abuf[128];
 		lock_assert(s, op, abuf, sizeof(abuf), &prval);
-		rados_write_op_omap_rm_keys2(op, &k, &kl, 1);
-		rc = rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
+		rl.rados_write_op_omap_rm_keys2(op, &k, &kl, 1);
+		rc = rl.rados_write_op_operate(op, S(s)->io, LOCK_OBJ, NULL, 0);
+		rl.rados_release_write_op(op);
 		int lost = lock_lost(s, rc);
 		if (lost)
 			rc = lost < 0 ? lost : -ECANCELED;
@@ -2169,29 +2260,29 @@ static int rados_journal_append(casfs_store *s, const char *line, size_t len, bo
 	pthread_mutex_unlock(&rs->mu);
 	char oid[64];
 	snprintf(oid, sizeof(oid), "casfs.journal.%08u", seg);
-	rados_write_op_t op = rados_create_write_op();
-	rados_write_op_append(op, line, len);
-	int rc = rados_write_op_operate(op, rs->io, oid, NULL, 0);
-	rados_release_write_op(op);
+	rados_write_op_t op = rl.rados_create_write_op();
+	rl.rados_write_op_append(op, line, len);
+	int rc = rl.rados_write_op_operate(op, rs->io, oid, NULL, 0);
+	rl.rados_release_write_op(op);
 	if (rc < 0)
 		return rerr(rc, "cannot append to the journal of store", s->id);
 	uint64_t size;
 	time_t mt;
-	if (check && rados_stat(rs->io, oid, &size, &mt) == 0 && size >= JOURNAL_SEG) {
+	if (check && rl.rados_stat(rs->io, oid, &size, &mt) == 0 && size >= JOURNAL_SEG) {
 		/* On to the next segment, once, whoever sees it first. */
 		char cur[16], next[16];
 		snprintf(cur, sizeof(cur), "%u", seg);
 		snprintf(next, sizeof(next), "%u", seg + 1);
-		op = rados_create_write_op();
+		op = rl.rados_create_write_op();
 		if (seg == 0)
-			rados_write_op_cmpxattr(op, "casfs.jseg", LIBRADOS_CMPXATTR_OP_EQ, "", 0);
+			rl.rados_write_op_cmpxattr(op, "casfs.jseg", LIBRADOS_CMPXATTR_OP_EQ, "", 0);
 		else
-			rados_write_op_cmpxattr(op, "casfs.jseg", LIBRADOS_CMPXATTR_OP_EQ, cur, strlen(cur));
-		rados_write_op_setxattr(op, "casfs.jseg", next, strlen(next));
-		rados_write_op_operate(op, rs->io, LOCK_OBJ, NULL, 0);
-		rados_release_write_op(op);
+			rl.rados_write_op_cmpxattr(op, "casfs.jseg", LIBRADOS_CMPXATTR_OP_EQ, cur, strlen(cur));
+		rl.rados_write_op_setxattr(op, "casfs.jseg", next, strlen(next));
+		rl.rados_write_op_operate(op, rs->io, LOCK_OBJ, NULL, 0);
+		rl.rados_release_write_op(op);
 		char v[16] = "";
-		int n = rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", v, sizeof(v) - 1);
+		int n = rl.rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", v, sizeof(v) - 1);
 		if (n > 0) {
 			v[n] = '\0';
 			pthread_mutex_lock(&rs->mu);
@@ -2207,7 +2298,7 @@ static int rados_journal_read(casfs_store *s, casfs_name_fn fn, void *ud)
 	struct rstore *rs = S(s);
 	char v[16] = "";
 	unsigned last = 0;
-	int n = rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", v, sizeof(v) - 1);
+	int n = rl.rados_getxattr(rs->io, LOCK_OBJ, "casfs.jseg", v, sizeof(v) - 1);
 	if (n > 0) {
 		v[n] = '\0';
 		last = (unsigned)strtoul(v, NULL, 10);
@@ -2218,7 +2309,7 @@ static int rados_journal_read(casfs_store *s, casfs_name_fn fn, void *ud)
 		snprintf(oid, sizeof(oid), "casfs.journal.%08u", seg);
 		uint64_t size;
 		time_t mt;
-		if ((rc = rados_stat(rs->io, oid, &size, &mt)) == -ENOENT) {
+		if ((rc = rl.rados_stat(rs->io, oid, &size, &mt)) == -ENOENT) {
 			rc = 0;
 			continue;
 		}
@@ -2227,7 +2318,7 @@ static int rados_journal_read(casfs_store *s, casfs_name_fn fn, void *ud)
 		char *buf = malloc(size + 1);
 		if (!buf)
 			return casfs__err(-ENOMEM, "out of memory");
-		int got = size ? rados_read(rs->io, oid, buf, size, 0) : 0;
+		int got = size ? rl.rados_read(rs->io, oid, buf, size, 0) : 0;
 		if (got < 0) {
 			free(buf);
 			return rerr(got, "cannot read the journal of store", s->id);

@@ -644,3 +644,39 @@ def test_gc_on_one_machine_while_another_labels(ceph, mounter, casfs_bin, tmp_pa
         f"{fsck.stdout.decode()[-600:]} {fsck.stderr.decode()[-600:]}")
     for n, h in labelled.items():
         assert (sb / "labels" / n).read_bytes() == content[h], n
+
+
+def test_without_librados(ceph, casfs_bin, tmp_path):
+    """librados is loaded on the first rados: root, not linked: with the
+    library gone (here: /dev/null bound over it in a mount namespace of the
+    command's own) a rados: root is a clear error and changes nothing, and
+    directory roots work as before."""
+    lib = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    paths = [line.split("=>")[-1].strip() for line in lib.splitlines()
+             if line.strip().startswith("librados.so.2 ")]
+    assert paths, "librados.so.2 is not installed: run scripts/install-deps"
+    real = os.path.realpath(paths[0])
+    spec = rados_root(ceph, tmp_path, "nolib")
+    nolib = Casfs(casfs_bin, spec)
+    withlib = Casfs(casfs_bin, spec)
+
+    def hidden(*args):
+        inner = f'mount --bind /dev/null "{real}" && exec "$@"'
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh",
+               casfs_bin] + nolib.root_args() + list(args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    sid = withlib.out("new")
+    p = hidden("stores")
+    assert p.returncode == 3, (p.returncode, p.stderr)
+    assert "need Ceph's client library (Debian package librados2)" in p.stderr, p.stderr
+    assert p.stdout == ""
+    p = hidden("new")
+    assert p.returncode == 3 and "librados2" in p.stderr, (p.returncode, p.stderr)
+    assert withlib.out("stores").split() == [sid], "a failed new made a store"
+    d = tmp_path / "dirroot"
+    d.mkdir()
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+           f'mount --bind /dev/null "{real}" && exec "$@"', "sh", casfs_bin, "--root", str(d), "new"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and len(p.stdout.split()) == 1, (p.returncode, p.stderr)

@@ -1470,17 +1470,22 @@ int main(int argc, char **argv)
 	casfs_store_free(s);
 	test_gc_fsck_stats();
 	test_label_tree();
-	test_fork_names();
 	if (backend_is_dir) {
+		/* librados must not be used across fork (a child under valgrind
+		 * reports the library's state as leaked), and only a directory
+		 * store has staging files for a cleaner to remove: on rados they
+		 * are O_TMPFILEs and cleaning is a no-op. */
+		test_fork_names();
 		test_journal_rotated_elsewhere();
-		test_fork_lock(); /* librados must not be used across fork */
+		test_fork_lock();
 	}
 	test_listing_stamps();
 	test_theater_open();
 	test_sessions();
 	test_deferred_sync();
 	test_threads();
-	test_cleaner_beside_writers();
+	if (backend_is_dir)
+		test_cleaner_beside_writers();
 	casfs_root_free(root);
 	if (!backend_is_dir) {
 		rados_cleanup();
