@@ -48,6 +48,7 @@ struct dir_store {
 	pthread_mutex_t lock_mu; /* the threads of this process, in turn */
 	dev_t journal_dev; /* which file journal_fd is */
 	ino_t journal_ino;
+	bool named_staging; /* the filesystem has no O_TMPFILE */
 	pthread_mutex_t mu; /* guards lazy creation and the journal */
 };
 
@@ -555,16 +556,70 @@ static int stage_create(casfs_store *s, struct casfs_stage *st, bool locked)
 	return casfs__err(-EIO, "cannot create a staging file");
 }
 
+/* A blob stages in an anonymous file (O_TMPFILE) in .casfs/staging/ where
+ * the filesystem has them: nothing to name, to lock against cleaners or to
+ * leave behind if the writer dies, and published with linkat(2), which
+ * never replaces.  Elsewhere (and for labels, which are published by a
+ * rename that replaces) staging files are named.  The test suite turns
+ * anonymous files off to exercise the named ones. */
+static bool staging_named_forced;
+
+void casfs__stage_named(bool on);
+void casfs__stage_named(bool on)
+{
+	staging_named_forced = on;
+}
+
+static pthread_once_t proc_fd_once = PTHREAD_ONCE_INIT;
+static bool proc_fd_ok;
+
+static void proc_fd_check(void)
+{
+	proc_fd_ok = access("/proc/self/fd", X_OK) == 0;
+}
+
 static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
 {
+	struct dir_store *ds = S(s);
+	pthread_once(&proc_fd_once, proc_fd_check);
+	if (!staging_named_forced && proc_fd_ok && !__atomic_load_n(&ds->named_staging, __ATOMIC_RELAXED)) {
+		int rc = ensure_meta(s);
+		if (rc < 0)
+			return rc;
+		int fd = openat(ds->staging_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			st->name[0] = '\0';
+			st->fd = fd;
+			st->synced = false;
+			return 0;
+		}
+		if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+			return casfs__errno(-errno, "cannot create staging file");
+		__atomic_store_n(&ds->named_staging, true, __ATOMIC_RELAXED);
+	}
 	return stage_create(s, st, false);
+}
+
+/* Links an anonymous staging file in as dfd/name: directly where the
+ * caller may (CAP_DAC_READ_SEARCH), else through /proc/self/fd.  0 or
+ * -1 with errno set. */
+static int link_anonymous(int fd, int dfd, const char *name)
+{
+	if (linkat(fd, "", dfd, name, AT_EMPTY_PATH) == 0)
+		return 0;
+	if (errno != ENOENT)
+		return -1;
+	char path[32];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	return linkat(AT_FDCWD, path, dfd, name, AT_SYMLINK_FOLLOW);
 }
 
 static void dir_stage_discard(casfs_store *s, struct casfs_stage *st)
 {
 	if (st->fd < 0)
 		return;
-	unlinkat(S(s)->staging_fd, st->name, 0);
+	if (st->name[0])
+		unlinkat(S(s)->staging_fd, st->name, 0);
 	close(st->fd);
 	st->fd = -1;
 }
@@ -787,12 +842,14 @@ static int dir_blob_publish(casfs_store *s, struct casfs_stage *st, const char *
 		}
 		st->synced = true;
 	}
+	bool anon = !st->name[0];
 	for (int tries = 0; tries < 100; tries++) {
-		if (renameat2(sfd, st->name, dfd, hex, RENAME_NOREPLACE) == 0) {
+		if (anon ? link_anonymous(st->fd, dfd, hex) == 0
+			 : renameat2(sfd, st->name, dfd, hex, RENAME_NOREPLACE) == 0) {
 			rc = 0;
 			goto out_published;
 		}
-		if (errno == EINVAL || errno == ENOSYS) {
+		if (!anon && (errno == EINVAL || errno == ENOSYS)) {
 			/* No RENAME_NOREPLACE here: link() refuses to replace too. */
 			if (linkat(sfd, st->name, dfd, hex, 0) == 0) {
 				unlinkat(sfd, st->name, 0);
@@ -811,7 +868,17 @@ static int dir_blob_publish(casfs_store *s, struct casfs_stage *st, const char *
 		}
 		if (errno == EACCES || errno == EPERM) {
 			/* Another user's blob: replace it by our identical
-			 * copy, which is fresh. */
+			 * copy, which is fresh (an anonymous one gets a name
+			 * in staging first: only a rename replaces). */
+			if (anon) {
+				snprintf(st->name, sizeof(st->name), "s.%ld.", casfs__pid());
+				casfs__randhex(st->name + strlen(st->name), 16);
+				if (link_anonymous(st->fd, sfd, st->name) < 0) {
+					rc = casfs__errno(-errno, "cannot publish blob %s", hex);
+					st->name[0] = '\0';
+					goto out;
+				}
+			}
 			if (renameat(sfd, st->name, dfd, hex) == 0) {
 				rc = 1;
 				goto out_published;

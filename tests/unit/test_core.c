@@ -28,6 +28,8 @@
 #include <sys/wait.h>
 
 static int backend_is_dir = 1;
+/* Named staging files instead of anonymous ones (backend_dir.c). */
+void casfs__stage_named(_Bool on);
 /* dir: the root directory.  rados: NULL (see rados_spec). */
 static char *root_path;
 /* A local scratch directory for files the tests read from (dir: the root
@@ -551,21 +553,41 @@ static void test_writer(casfs_store *s)
 		casfs_writer_free(ow);
 	}
 
-	/* An abandoned writer leaves nothing behind. */
+	/* An abandoned writer leaves nothing behind, whether it stages in an
+	 * anonymous file (O_TMPFILE, where the filesystem has them) or in a
+	 * named one (elsewhere). */
 	char p[4096];
 	int nblobs = 0, nblobs2 = 0;
 	casfs_blob_list(s, count_cb, &nblobs);
 	if (backend_is_dir)
 		path_of(p, sizeof(p), casfs_store_id(s), ".casfs/staging");
-	IS(casfs_writer_open(&w, s), 0, "writer open");
-	casfs_writer_write(w, "abandoned", 9);
-	if (backend_is_dir)
-		OK(count_entries(p) == 1, "staging file exists while writing");
-	casfs_writer_free(w);
-	if (backend_is_dir)
-		IS(count_entries(p), 0, "abandoned writer's staging file removed");
-	casfs_blob_list(s, count_cb, &nblobs2);
-	IS(nblobs2, nblobs, "abandoned writer stored no blob");
+	for (int named = 0; named < 2; named++) {
+		casfs__stage_named(named);
+		IS(casfs_writer_open(&w, s), 0, named ? "writer open (named staging)" : "writer open (anonymous staging)");
+		casfs_writer_write(w, "abandoned", 9);
+		if (backend_is_dir)
+			IS(count_entries(p), named, "staging files in staging/ while writing");
+		casfs_writer_free(w);
+		if (backend_is_dir)
+			IS(count_entries(p), 0, "abandoned writer's staging file removed");
+		casfs_blob_list(s, count_cb, &nblobs2);
+		IS(nblobs2, nblobs, "abandoned writer stored no blob");
+		nblobs2 = 0;
+		/* Both kinds publish. */
+		char body[32], got[CASFS_HEX_MAX];
+		int n = snprintf(body, sizeof(body), "staged %s", named ? "named" : "anonymous");
+		IS(casfs_writer_open(&w, s), 0, "writer open");
+		casfs_writer_write(w, body, (size_t)n);
+		IS(casfs_writer_commit(w, got), 0, "a new blob committed");
+		casfs_writer_free(w);
+		casfs_blob_put(s, body, (size_t)n, ref);
+		STR_IS(got, ref, "with its digest");
+		IS(casfs_blob_exists(s, got), 1, "and stored");
+		nblobs++;
+		if (backend_is_dir)
+			IS(count_entries(p), 0, "nothing left in staging/");
+	}
+	casfs__stage_named(0);
 
 	/* commit_many */
 	casfs_writer *ws[20];
@@ -1071,7 +1093,9 @@ static void test_gc_fsck_stats(void)
 		write_file(p, "partial", 7);
 	}
 	casfs_writer *live;
+	casfs__stage_named(1); /* so that the cleaner sees it */
 	casfs_writer_open(&live, s);
+	casfs__stage_named(0);
 	casfs_writer_write(live, "live", 4);
 	if (backend_is_dir) {
 		IS(casfs_fsck(s, NULL, &fr), 0, "fsck with debris is still clean");
