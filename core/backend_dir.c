@@ -578,26 +578,34 @@ static void proc_fd_check(void)
 	proc_fd_ok = access("/proc/self/fd", X_OK) == 0;
 }
 
-static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
+/* An anonymous staging file: 0, 1 if this filesystem (or the test suite)
+ * wants named ones, or -errno. */
+static int stage_anonymous(casfs_store *s, struct casfs_stage *st)
 {
 	struct dir_store *ds = S(s);
 	pthread_once(&proc_fd_once, proc_fd_check);
-	if (!staging_named_forced && proc_fd_ok && !__atomic_load_n(&ds->named_staging, __ATOMIC_RELAXED)) {
-		int rc = ensure_meta(s);
-		if (rc < 0)
-			return rc;
-		int fd = openat(ds->staging_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-		if (fd >= 0) {
-			st->name[0] = '\0';
-			st->fd = fd;
-			st->synced = false;
-			return 0;
-		}
-		if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
-			return casfs__errno(-errno, "cannot create staging file");
-		__atomic_store_n(&ds->named_staging, true, __ATOMIC_RELAXED);
+	if (staging_named_forced || !proc_fd_ok || __atomic_load_n(&ds->named_staging, __ATOMIC_RELAXED))
+		return 1;
+	int rc = ensure_meta(s);
+	if (rc < 0)
+		return rc;
+	int fd = openat(ds->staging_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		st->name[0] = '\0';
+		st->fd = fd;
+		st->synced = false;
+		return 0;
 	}
-	return stage_create(s, st, false);
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+		return casfs__errno(-errno, "cannot create staging file");
+	__atomic_store_n(&ds->named_staging, true, __ATOMIC_RELAXED);
+	return 1;
+}
+
+static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
+{
+	int rc = stage_anonymous(s, st);
+	return rc == 1 ? stage_create(s, st, false) : rc;
 }
 
 /* Links an anonymous staging file in as dfd/name: directly where the
@@ -612,6 +620,19 @@ static int link_anonymous(int fd, int dfd, const char *name)
 	char path[32];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	return linkat(AT_FDCWD, path, dfd, name, AT_SYMLINK_FOLLOW);
+}
+
+/* Gives an anonymous staging file a name in staging/ (to be renamed over
+ * something: only a rename replaces).  0 or -errno, st unchanged on error. */
+static int stage_name(casfs_store *s, struct casfs_stage *st)
+{
+	char name[sizeof(st->name)];
+	snprintf(name, sizeof(name), "s.%ld.", casfs__pid());
+	casfs__randhex(name + strlen(name), 16);
+	if (link_anonymous(st->fd, S(s)->staging_fd, name) < 0)
+		return -errno;
+	memcpy(st->name, name, sizeof(name));
+	return 0;
 }
 
 static void dir_stage_discard(casfs_store *s, struct casfs_stage *st)
@@ -870,14 +891,9 @@ static int dir_blob_publish(casfs_store *s, struct casfs_stage *st, const char *
 			/* Another user's blob: replace it by our identical
 			 * copy, which is fresh (an anonymous one gets a name
 			 * in staging first: only a rename replaces). */
-			if (anon) {
-				snprintf(st->name, sizeof(st->name), "s.%ld.", casfs__pid());
-				casfs__randhex(st->name + strlen(st->name), 16);
-				if (link_anonymous(st->fd, sfd, st->name) < 0) {
-					rc = casfs__errno(-errno, "cannot publish blob %s", hex);
-					st->name[0] = '\0';
-					goto out;
-				}
+			if (anon && (rc = stage_name(s, st)) < 0) {
+				casfs__errno(rc, "cannot publish blob %s", hex);
+				goto out;
 			}
 			if (renameat(sfd, st->name, dfd, hex) == 0) {
 				rc = 1;
@@ -1233,9 +1249,16 @@ static int dir_label_read(casfs_store *s, const char *name, char *buf, size_t si
 static int dir_label_write(casfs_store *s, const char *name, const char *hex, const char *cur,
 			   const uint32_t *mode_in, const int64_t *mtime_ns)
 {
-	(void)cur; /* the exclusive lock keeps it */
+	/* cur: the exclusive lock keeps it.  A new label is staged in an
+	 * anonymous file and linked in; should something be there after all
+	 * (an empty or garbled label file, a directory, another program's
+	 * label), it gets a name and goes the way of a replacement: a rename.
+	 * Named staging files of labels are protected by that lock (held by
+	 * their writer and by cleaners), not by a flock of their own. */
 	struct casfs_stage st = { .fd = -1 };
-	int rc = stage_create(s, &st, true); /* label changes hold the lock */
+	int rc = cur[0] ? 1 : stage_anonymous(s, &st);
+	if (rc == 1)
+		rc = stage_create(s, &st, true);
 	if (rc < 0)
 		return rc;
 	struct lparent lp = { .fd = -1 };
@@ -1260,6 +1283,15 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex, co
 		rc = casfs__errno(-errno, "cannot write label '%s'", name);
 		goto out;
 	}
+	if (!st.name[0]) {
+		if (link_anonymous(st.fd, lp.fd, lp.leaf) == 0)
+			goto published;
+		rc = errno == EEXIST ? stage_name(s, &st) : -errno;
+		if (rc < 0) {
+			casfs__errno(rc, "cannot set label '%s'", name);
+			goto out;
+		}
+	}
 	if (renameat(S(s)->staging_fd, st.name, lp.fd, lp.leaf) < 0) {
 		rc = -errno;
 		if (rc == -EISDIR || rc == -ENOTEMPTY || rc == -EEXIST)
@@ -1268,6 +1300,7 @@ static int dir_label_write(casfs_store *s, const char *name, const char *hex, co
 			casfs__errno(rc, "cannot set label '%s'", name);
 		goto out;
 	}
+published:
 	close(st.fd);
 	st.fd = -1;
 	rc = maybe_fsync(s, lp.fd);

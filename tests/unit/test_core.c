@@ -697,6 +697,15 @@ static void test_labels(casfs_store *s)
 		IS(casfs_label_get(s, "moved", hex), 0, "other labels unaffected");
 		IS(casfs_label_set(s, "garbage", a, NULL, NULL), 0, "garbage label can be overwritten");
 		unlink(p);
+		/* (A new label is linked in from an anonymous file; these
+		 * names are taken by files, so they go by rename.) */
+		IS(casfs_label_get(s, "garbage", hex), 0, "the overwritten garbage label reads");
+		STR_IS(hex, a, "as the new digest");
+		IS(casfs_label_set(s, "empty", b, NULL, NULL), 0, "an empty label file can be overwritten");
+		IS(casfs_label_get(s, "empty", hex), 0, "and reads");
+		STR_IS(hex, b, "as the new digest");
+		path_of(p, sizeof(p), casfs_store_id(s), ".casfs/staging");
+		IS(count_entries(p), 0, "no staging file left behind");
 	}
 
 	/* store-at-label through a pipe */
