@@ -185,7 +185,12 @@ static int open_root(struct opts *o, casfs_root **root, bool create)
 
 static int open_store(struct opts *o, casfs_root **root, casfs_store **store)
 {
-	int rc = open_root(o, root, false);
+	/* A bad store id is refused before the root is opened (on a rados:
+	 * root, before connecting to the cluster). */
+	int rc = casfs_id_check(o->args[0]);
+	if (rc < 0)
+		return lib_fail(rc);
+	rc = open_root(o, root, false);
 	if (rc)
 		return rc;
 	rc = casfs_store_open(store, *root, o->args[0]);
