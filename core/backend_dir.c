@@ -571,11 +571,15 @@ void casfs__stage_named(bool on)
 }
 
 static pthread_once_t proc_fd_once = PTHREAD_ONCE_INIT;
-static bool proc_fd_ok;
+static bool proc_fd_ok, empty_path_ok;
 
 static void proc_fd_check(void)
 {
 	proc_fd_ok = access("/proc/self/fd", X_OK) == 0;
+	/* linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH: worth trying
+	 * only as root (and not then either for a thread whose fsuid is a
+	 * user's: that drops it; the fallback follows). */
+	empty_path_ok = geteuid() == 0;
 }
 
 /* An anonymous staging file: 0, 1 if this filesystem (or the test suite)
@@ -613,10 +617,12 @@ static int dir_stage_create(casfs_store *s, struct casfs_stage *st)
  * -1 with errno set. */
 static int link_anonymous(int fd, int dfd, const char *name)
 {
-	if (linkat(fd, "", dfd, name, AT_EMPTY_PATH) == 0)
-		return 0;
-	if (errno != ENOENT)
-		return -1;
+	if (empty_path_ok) {
+		if (linkat(fd, "", dfd, name, AT_EMPTY_PATH) == 0)
+			return 0;
+		if (errno != ENOENT)
+			return -1;
+	}
 	char path[32];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	return linkat(AT_FDCWD, path, dfd, name, AT_SYMLINK_FOLLOW);
