@@ -556,12 +556,13 @@ static int stage_create(casfs_store *s, struct casfs_stage *st, bool locked)
 	return casfs__err(-EIO, "cannot create a staging file");
 }
 
-/* A blob stages in an anonymous file (O_TMPFILE) in .casfs/staging/ where
- * the filesystem has them: nothing to name, to lock against cleaners or to
- * leave behind if the writer dies, and published with linkat(2), which
- * never replaces.  Elsewhere (and for labels, which are published by a
- * rename that replaces) staging files are named.  The test suite turns
- * anonymous files off to exercise the named ones. */
+/* A blob (and a label that does not exist yet) stages in an anonymous file
+ * (O_TMPFILE) in .casfs/staging/ where the filesystem has them: nothing to
+ * name, to lock against cleaners or to leave behind if the writer dies, and
+ * published with linkat(2), which never replaces.  Elsewhere, and for a
+ * label replacing another (published by a rename, which replaces), staging
+ * files are named.  The test suite turns anonymous files off to exercise
+ * the named ones. */
 static bool staging_named_forced;
 
 void casfs__stage_named(bool on);
