@@ -517,6 +517,13 @@ static int meta_subdir(casfs_store *s, const char *name)
  * cleaner takes too, and uses the file only while it holds it (a label
  * being written): no cleaner can run meanwhile, so it needs no flock of
  * its own. */
+/* A fresh name for a staging file: "s.<pid>.<16 random hex digits>". */
+static void stage_make_name(char *out, size_t n)
+{
+	snprintf(out, n, "s.%ld.", casfs__pid());
+	casfs__randhex(out + strlen(out), 16);
+}
+
 static int stage_create(casfs_store *s, struct casfs_stage *st, bool locked)
 {
 	int rc = ensure_meta(s);
@@ -524,8 +531,7 @@ static int stage_create(casfs_store *s, struct casfs_stage *st, bool locked)
 		return rc;
 	int sfd = S(s)->staging_fd;
 	for (int tries = 0; tries < 100; tries++) {
-		snprintf(st->name, sizeof(st->name), "s.%ld.", casfs__pid());
-		casfs__randhex(st->name + strlen(st->name), 16);
+		stage_make_name(st->name, sizeof(st->name));
 		int fd = openat(sfd, st->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0 && errno == EEXIST)
 			continue;
@@ -634,8 +640,7 @@ static int link_anonymous(int fd, int dfd, const char *name)
 static int stage_name(casfs_store *s, struct casfs_stage *st)
 {
 	char name[sizeof(st->name)];
-	snprintf(name, sizeof(name), "s.%ld.", casfs__pid());
-	casfs__randhex(name + strlen(name), 16);
+	stage_make_name(name, sizeof(name));
 	if (link_anonymous(st->fd, S(s)->staging_fd, name) < 0)
 		return -errno;
 	memcpy(st->name, name, sizeof(name));

@@ -657,26 +657,24 @@ def test_without_librados(ceph, casfs_bin, tmp_path):
     assert paths, "librados.so.2 is not installed: run scripts/install-deps"
     real = os.path.realpath(paths[0])
     spec = rados_root(ceph, tmp_path, "nolib")
-    nolib = Casfs(casfs_bin, spec)
-    withlib = Casfs(casfs_bin, spec)
+    casfs = Casfs(casfs_bin, spec)
 
     def hidden(*args):
+        """casfs ARGS with librados.so.2 bound over by /dev/null."""
         inner = f'mount --bind /dev/null "{real}" && exec "$@"'
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh",
-               casfs_bin] + nolib.root_args() + list(args)
+               casfs_bin] + [str(a) for a in args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
-    sid = withlib.out("new")
-    p = hidden("stores")
+    sid = casfs.out("new")
+    p = hidden(*casfs.root_args(), "stores")
     assert p.returncode == 3, (p.returncode, p.stderr)
     assert "need Ceph's client library (Debian package librados2)" in p.stderr, p.stderr
     assert p.stdout == ""
-    p = hidden("new")
+    p = hidden(*casfs.root_args(), "new")
     assert p.returncode == 3 and "librados2" in p.stderr, (p.returncode, p.stderr)
-    assert withlib.out("stores").split() == [sid], "a failed new made a store"
+    assert casfs.out("stores").split() == [sid], "a failed new made a store"
     d = tmp_path / "dirroot"
     d.mkdir()
-    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-           f'mount --bind /dev/null "{real}" && exec "$@"', "sh", casfs_bin, "--root", str(d), "new"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    p = hidden("--root", d, "new")
     assert p.returncode == 0 and len(p.stdout.split()) == 1, (p.returncode, p.stderr)
