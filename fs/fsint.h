@@ -5,6 +5,8 @@
  *   nodes.c    inode table and open stores
  *   ops.c      request handlers, grouped by the kind of directory they
  *              serve: root, store, data/, labels/, incoming/
+ *   kio.c      reading requests and writing replies (libfuse's custom
+ *              I/O): FUSE_HANDLE_KILLPRIV_V2
  */
 #ifndef CASFS_FSINT_H
 #define CASFS_FSINT_H
@@ -98,6 +100,13 @@ struct fs_config {
 };
 
 extern struct fs_config fs;
+
+/* kio.c: after fuse_session_mount(), before the loop.  0 or -errno. */
+int fs_kio_attach(struct fuse_session *se);
+/* Whether the request being handled by this thread tells the filesystem
+ * to clear set-user-ID and set-group-ID (FUSE_HANDLE_KILLPRIV_V2). */
+bool fs_request_kills_suidgid(void);
+extern bool fs_killpriv_v2; /* the kernel agreed to it */
 
 void fs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The filesystem identity of this thread for changes to the backing store

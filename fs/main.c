@@ -249,6 +249,10 @@ int casfs_fs_main(int argc, char **argv)
 		fprintf(stderr, "casfs: cannot mount on %s\n", mnt_abs);
 		goto out_signals;
 	}
+	if ((rc = fs_kio_attach(fs.se)) != 0) {
+		fprintf(stderr, "casfs: cannot set up the FUSE connection: %s\n", strerror(-rc));
+		goto out_unmount;
+	}
 	if (fuse_daemonize(fs.foreground) != 0)
 		goto out_unmount;
 	if (!fs.root && casfs_root_open_opts(&fs.root, root_abs, 0, (const char *const *)root_opts) < 0) {

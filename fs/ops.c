@@ -171,6 +171,7 @@ struct version {
 	bool commit_failed;       /* the last commit failed (and close said so) */
 	bool set_mode, set_mtime;
 	uint32_t mode;
+	bool sxid_clear;          /* no set-ID bits to clear (when !set_mode) */
 	bool created;             /* by CREATE: owner known before the commit */
 	uid_t uid;                /* (the creator, who owns the label then) */
 	gid_t gid;
@@ -417,6 +418,42 @@ static struct version *handle_version(struct fuse_file_info *fi)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	return h ? h->v : NULL;
+}
+
+/* The kernel forgets the attributes it keeps of x (the mode changed
+ * behind its back); safe in a handler: it takes no lock of the inode. */
+static void inval_attrs(struct node *x)
+{
+	fuse_lowlevel_notify_inval_inode(fs.se, x->ino, -1, 0);
+}
+
+/* A write, truncation or truncating open by a process without CAP_FSETID
+ * clears the set-user-ID bit, and set-group-ID if the group may execute,
+ * as on a local filesystem; the kernel leaves that to us and says when
+ * (FUSE_HANDLE_KILLPRIV_V2, see kio.c).  true if v's mode changed (v->mu
+ * held). */
+static bool version_kill_suidgid(struct version *v)
+{
+	if (!fs_request_kills_suidgid() || (!v->set_mode && v->sxid_clear))
+		return false;
+	uint32_t mode = v->mode;
+	if (!v->set_mode) {
+		/* The mode of the label it will replace, asked once. */
+		casfs_label_info li;
+		char *name = node_name(v->node);
+		if (!name || casfs_label_stat(v->node->st->s, name, &li) < 0 || li.is_dir)
+			li.mode = 0;
+		free(name);
+		mode = li.mode;
+	}
+	uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+	if (!(mode & kill)) {
+		v->sxid_clear = true;
+		return false;
+	}
+	v->set_mode = true;
+	v->mode = mode & ~kill;
+	return true;
 }
 
 /* ----------------------------------------------------------- attributes */
@@ -1287,6 +1324,7 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 {
 	bool writable = (flags & O_ACCMODE) != O_RDONLY;
 	bool trunc = writable && (flags & O_TRUNC);
+	bool killed = false;
 	struct handle *h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
@@ -1310,6 +1348,7 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 	if (v && trunc) {
 		pthread_mutex_lock(&v->mu);
 		rc = casfs_writer_truncate(v->w, 0);
+		killed = version_kill_suidgid(v);
 		v->dirty = true;
 		v->mtime_ns = now_ns();
 		pthread_mutex_unlock(&v->mu);
@@ -1323,12 +1362,19 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 		v->handles = 1;
 		x->cur = v; /* an older one lives on with its own handles */
 		pthread_mutex_unlock(&cur_mu);
+		if (trunc) {
+			pthread_mutex_lock(&v->mu);
+			killed = version_kill_suidgid(v);
+			pthread_mutex_unlock(&v->mu);
+		}
 	}
 	h->v = v;
 	track(&live_files, &h->link);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = 0;
 	fi->direct_io = 0;
+	if (killed)
+		inval_attrs(x);
 	return rc;
 }
 
@@ -1518,7 +1564,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	pthread_mutex_lock(&v->mu);
 	int rc = v->err ? v->err : casfs_writer_pwrite(v->w, buf, size, (uint64_t)off);
+	bool killed = false;
 	if (rc == 0) {
+		killed = version_kill_suidgid(v);
 		v->dirty = true;
 		v->mtime_ns = now_ns();
 	} else if (!v->err) {
@@ -1531,6 +1579,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, -rc);
 	else
 		fuse_reply_write(req, size);
+	if (killed)
+		inval_attrs(v->node);
 }
 
 /* close(2): the last handle of a version commits it, and close returns the
@@ -1760,6 +1810,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		if (to_set & FUSE_SET_ATTR_MODE) {
 			v->set_mode = true;
 			v->mode = mode;
+		} else if (version_kill_suidgid(v)) {
+			mode = v->mode; /* truncate(2) and chown(2) */
+			to_set |= FUSE_SET_ATTR_MODE;
 		}
 		if (set_mt)
 			v->mtime_ns = mt;

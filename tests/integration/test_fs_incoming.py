@@ -523,6 +523,41 @@ def test_chmod_and_utime_are_kept(mounter):
     assert os.stat(m2.mnt / sid / "incoming" / "f").st_mode & 0o7777 == 0o755
 
 
+def test_unprivileged_write_clears_set_id_bits(mounted):
+    """As on a local filesystem, a write, a truncation or a truncating open
+    by a process without CAP_FSETID clears set-user-ID, and set-group-ID
+    when the group may execute; root keeps them.  (The kernel leaves this
+    to casfs: FUSE_HANDLE_KILLPRIV_V2, see fs/kio.c.)  Checked at once
+    through the mount, and in the store after close."""
+    setpriv = require_tool("setpriv")
+    sid, mdir, bdir = fresh(mounted)
+    p = mdir / "incoming" / "x"
+    p.write_bytes(b"x")
+
+    def as_unprivileged(shell):
+        run(setpriv, "--bounding-set=-fsetid", "--inh-caps=-fsetid", "sh", "-c", shell, "sh", p)
+
+    cases = [
+        (0o4755, 'printf y >> "$1"', 0o755),        # write
+        (0o6755, ': > "$1"', 0o755),                # open(O_TRUNC)
+        (0o6755, 'truncate -s 1 "$1"', 0o755),      # truncate(2)
+        (0o2745, 'printf z >> "$1"', 0o2745),       # set-group-ID of a group that cannot execute: kept
+        (0o4700, 'printf w >> "$1"', 0o700),
+    ]
+    for before, shell, after in cases:
+        os.chmod(p, before)
+        as_unprivileged(shell)
+        assert oct(os.stat(p).st_mode & 0o7777) == oct(after), (oct(before), shell)
+        if bdir is not None:
+            assert oct((bdir / "labels" / "x").stat().st_mode & 0o7777) == oct(after), (oct(before), shell)
+    # With CAP_FSETID (root as it is), a write keeps them.
+    os.chmod(p, 0o6755)
+    with open(p, "ab") as f:
+        f.write(b"root")
+    assert oct(os.stat(p).st_mode & 0o7777) == oct(0o6755)
+    assert committed(mounted, sid, bdir, "x").endswith(b"root")
+
+
 def test_cp_r_of_a_tree(mounted, tmp_path):
     m = mounted
     sid, mdir, bdir = fresh(m)
