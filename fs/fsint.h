@@ -81,6 +81,10 @@ struct node {
 	bool gone;
 	char frozen[CASFS_HEX_MAX]; /* its digest then ("" for none) */
 	struct dirlist *listing; /* directories: the entries kept (ops.c) */
+	/* K_BLOB under FUSE passthrough: the backing file's id while the
+	 * kernel has the blob open, shared by its opens (the kernel takes
+	 * one backing file per inode), and their number (ops.c). */
+	int backing, backing_refs;
 	struct node *next_ino, *next_key;
 };
 
@@ -107,6 +111,12 @@ int fs_kio_attach(struct fuse_session *se);
  * to clear set-user-ID and set-group-ID (FUSE_HANDLE_KILLPRIV_V2). */
 bool fs_request_kills_suidgid(void);
 extern bool fs_killpriv_v2; /* the kernel agreed to it */
+/* FUSE passthrough: the kernel reads an open file from a backing file. */
+extern bool fs_passthrough; /* agreed on at INIT */
+int fs_backing_open(int fd); /* its id (> 0) or -errno */
+void fs_backing_close(int id);
+/* The next reply this thread sends, an open's, hands the kernel id. */
+void fs_reply_backing(int id);
 
 void fs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The filesystem identity of this thread for changes to the backing store

@@ -217,6 +217,8 @@ struct handle {
 	char hex[CASFS_HEX_MAX]; /* in fd is changed under mu */
 	pthread_mutex_t mu;
 	bool writable;
+	bool direct;       /* write-only: writes bypass the kernel's page cache */
+	struct node *backing; /* the blob whose backing file the kernel reads */
 	bool flushed;      /* closed by the program, release still to come */
 	long opener;       /* process (tgid) that opened it, -1 if unknown */
 #define OPENER_UNASKED (-2L)
@@ -1372,14 +1374,74 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 	track(&live_files, &h->link);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = 0;
-	fi->direct_io = 0;
+	/* Write-only handles (cp, shell redirections, tar, rsync) write
+	 * straight through: no copy into the kernel's page cache, and none
+	 * of the kernel's security.capability lookups (file_remove_privs)
+	 * that a cached write makes, once per inode even with SB_NOSEC: a
+	 * round trip per small file.  The kernel flags the writes of a
+	 * process without CAP_FSETID instead (kio.c).  A handle that can
+	 * read stays cached, for mmap(2). */
+	fi->direct_io = h->direct = (flags & O_ACCMODE) == O_WRONLY;
 	if (killed)
 		inval_attrs(x);
 	return rc;
 }
 
+/* FUSE passthrough of a blob open whole on a local file (kio.c): the
+ * kernel reads it from there.  Its id, or 0.  The kernel keeps one
+ * backing file per inode, so the opens of a blob share one id, closed
+ * when the last of them is released (backing_put()).  The inode must not
+ * mix passthrough and cached opens (the kernel fails such an open with
+ * EIO): a blob that cannot pass through is read uncached. */
+static pthread_mutex_t backing_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int blob_backing(struct node *x, struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (!fs_passthrough || h->fd < 0 || h->start != 0 || h->len != h->size)
+		return 0;
+	pthread_mutex_lock(&backing_mu);
+	int id = x->backing > 0 ? x->backing : fs_backing_open(h->fd);
+	if (id > 0) {
+		x->backing = id;
+		x->backing_refs++;
+		h->backing = x;
+		node_pin(x); /* a FORGET may come before the RELEASE */
+	}
+	pthread_mutex_unlock(&backing_mu);
+	if (id > 0) {
+		fi->keep_cache = 0;
+		return id;
+	}
+	static bool said;
+	if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED))
+		fs_log(LOG_WARNING, "a blob cannot be read through its backing file (%s): read through the daemon",
+		       strerror(-id));
+	fi->keep_cache = 0;
+	fi->direct_io = 1;
+	return 0;
+}
+
+/* kernel: the FUSE connection is still there to be told. */
+static void backing_put(struct handle *h, bool kernel)
+{
+	struct node *x = h->backing;
+	if (!x)
+		return;
+	pthread_mutex_lock(&backing_mu);
+	if (--x->backing_refs == 0) {
+		if (kernel)
+			fs_backing_close(x->backing);
+		x->backing = 0;
+	}
+	pthread_mutex_unlock(&backing_mu);
+	node_unpin(x);
+	h->backing = NULL;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	int backing = 0;
 	set_caller(req);
 	struct node *x = node_get(ino);
 	struct version *v_active = NULL;
@@ -1393,6 +1455,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		} else if ((rc = open_plain(x->st, x->name, fi)) == 0) {
 			fi->keep_cache = 1; /* immutable: keep the page cache */
 			fi->noflush = 1;
+			backing = blob_backing(x, fi);
 		}
 	} else if (x->kind == K_IFILE && x->gone) {
 		/* Opened through a name that has just gone: what it held. */
@@ -1431,10 +1494,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else {
 		rc = -EISDIR;
 	}
-	if (rc < 0)
+	if (rc < 0) {
 		fuse_reply_err(req, -rc);
-	else if (fuse_reply_open(req, fi) != 0)
-		drop_handle(fi); /* interrupted: the kernel will not release it */
+	} else {
+		if (backing > 0)
+			fs_reply_backing(backing); /* closed at release */
+		if (fuse_reply_open(req, fi) != 0)
+			drop_handle(fi); /* interrupted: the kernel will not release it */
+	}
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -1581,6 +1648,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, size);
 	if (killed)
 		inval_attrs(v->node);
+	/* Another handle of the version may have these bytes in the page
+	 * cache from before: they are stale now. */
+	if (rc == 0 && h->direct && __atomic_load_n(&v->handles, __ATOMIC_RELAXED) > 1)
+		fuse_lowlevel_notify_inval_inode(fs.se, v->node->ino, off, (off_t)size);
 }
 
 /* close(2): the last handle of a version commits it, and close returns the
@@ -1674,6 +1745,7 @@ static void drop_handle(struct fuse_file_info *fi)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	if (h) {
+		backing_put(h, true);
 		untrack(&h->link);
 		handle_close(h, false);
 	}
@@ -1688,6 +1760,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (h) {
 		/* A release carries no caller: commit as the opener. */
 		fs_identity(h->uid, h->gid);
+		/* The kernel holds the backing file while it needs it. */
+		backing_put(h, true);
 		untrack(&h->link);
 		handle_close(h, true);
 	}
@@ -1731,6 +1805,7 @@ void fs_ops_teardown(void)
 {
 	while (live_files.next != &live_files) {
 		struct handle *h = (struct handle *)live_files.next;
+		backing_put(h, false); /* the connection is gone, and its ids */
 		untrack(&h->link);
 		handle_close(h, false); /* its program closed it: flush committed */
 	}
