@@ -488,8 +488,24 @@ static void fill_label_common(struct stat *st, struct node *x, const casfs_label
 
 static int node_stat_label(struct node *x, struct stat *st, struct version *v);
 
+static int node_stat_kind(struct node *x, struct stat *st, double *timeout);
+
+/* The preferred I/O size (st_blksize) of files: the largest request
+ * (max_write, FUSE_MAX_PAGES), so that programs that size their buffers
+ * by it, cp and cat among them, move 1 MiB per system call and request
+ * instead of 128 KiB. */
+#define IO_SIZE (1 << 20)
+
 /* Attributes of x, and how long the kernel may keep them. */
 static int node_stat(struct node *x, struct stat *st, double *timeout)
+{
+	int rc = node_stat_kind(x, st, timeout);
+	if (rc == 0 && S_ISREG(st->st_mode))
+		st->st_blksize = IO_SIZE;
+	return rc;
+}
+
+static int node_stat_kind(struct node *x, struct stat *st, double *timeout)
 {
 	int rc = 0;
 	*timeout = T_LABEL;
@@ -564,6 +580,7 @@ static void fill_uncommitted(struct node *x, struct version *v, struct stat *st)
 	st->st_mode = S_IFREG | li.mode;
 	st->st_size = (off_t)size;
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
+	st->st_blksize = IO_SIZE;
 }
 
 /* node_stat for labels; v is the version being written, if any. */
@@ -1642,16 +1659,19 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		       v->node->st->id, v->node->name, casfs_error_last());
 	}
 	pthread_mutex_unlock(&v->mu);
+	/* Before the reply: once the write returns, its program may close
+	 * the handle, and the version may go. */
+	if (killed)
+		inval_attrs(v->node);
+	/* Another handle of the version may have these bytes in the page
+	 * cache from before: they are stale now.  (This writer holds no
+	 * page lock: it writes past the cache.) */
+	if (rc == 0 && h->direct && __atomic_load_n(&v->handles, __ATOMIC_RELAXED) > 1)
+		fuse_lowlevel_notify_inval_inode(fs.se, v->node->ino, off, (off_t)size);
 	if (rc < 0)
 		fuse_reply_err(req, -rc);
 	else
 		fuse_reply_write(req, size);
-	if (killed)
-		inval_attrs(v->node);
-	/* Another handle of the version may have these bytes in the page
-	 * cache from before: they are stale now. */
-	if (rc == 0 && h->direct && __atomic_load_n(&v->handles, __ATOMIC_RELAXED) > 1)
-		fuse_lowlevel_notify_inval_inode(fs.se, v->node->ino, off, (off_t)size);
 }
 
 /* close(2): the last handle of a version commits it, and close returns the
@@ -2042,7 +2062,7 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE; /* commit at close needs every write */
-	conn->max_write = 1 << 20;
+	conn->max_write = IO_SIZE;
 	conn->max_read = 0;
 }
 

@@ -280,6 +280,31 @@ def test_writes_do_not_each_ask_for_security_capability(casfs_bin, tmp_path):
         mounter.finish()
 
 
+def test_cp_writes_in_1_MiB_requests(casfs_bin, tmp_path):
+    """Files show a preferred I/O size (st_blksize) of 1 MiB, the largest
+    request, and cp, which sizes its buffer by it, writes a file of 4 MiB
+    into incoming/ in 4 WRITE requests (32 with 128 KiB).  casfs mount -d
+    logs every request.  Backend-independent: a directory root."""
+    mounter = Mounter("casfs-mount", casfs_bin, tmp_path)
+    try:
+        m = mounter(args=("-d",))
+        m.expect_log("error")  # -d logs every reply, failed ones too
+        sid = m.casfs.out("new")
+        src = tmp_path / "src"
+        body = os.urandom(4 << 20)
+        src.write_bytes(body)
+        before = m.log().count("opcode: WRITE")
+        subprocess.run(["cp", str(src), str(m.mnt / sid / "incoming" / "f")], check=True)
+        writes = m.log().count("opcode: WRITE") - before
+        assert writes == 4, writes
+        h = sha256(body)
+        for p in (m.mnt / sid / "incoming" / "f", m.mnt / sid / "data" / h):
+            assert os.stat(p).st_blksize == 1 << 20, p
+        assert (m.mnt / sid / "data" / h).read_bytes() == body
+    finally:
+        mounter.finish()
+
+
 def kernel_has_fuse_passthrough():
     """Linux 6.9 or later built with CONFIG_FUSE_PASSTHROUGH (its config
     from /proc/config.gz or /boot; assumed on if neither says)."""
