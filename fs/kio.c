@@ -86,6 +86,11 @@ bool fs_request_kills_suidgid(void)
 	return req_kill;
 }
 
+/* Whether the request's argument, a T, is long enough to have field
+ * and has flag set in it. */
+#define ARG_FLAG(T, field, flag) \
+	(alen >= offsetof(T, field) + sizeof(uint32_t) && (((const T *)(const void *)arg)->field & (flag)) != 0)
+
 static void note_request(const void *buf, size_t n)
 {
 	const struct fuse_in_header *in = buf;
@@ -94,34 +99,22 @@ static void note_request(const void *buf, size_t n)
 	req_kill = false;
 	switch (in->opcode) {
 	case FUSE_INIT:
-		if (alen >= offsetof(struct fuse_init_in, flags) + sizeof(uint32_t)) {
-			const struct fuse_init_in *ii = (const void *)arg;
-			kernel_offers_v2 = (ii->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
-			kernel_offers_pt = (ii->flags & FUSE_INIT_EXT) &&
-					   alen >= offsetof(struct fuse_init_in, flags2) + sizeof(uint32_t) &&
-					   (ii->flags2 & K_FUSE_PASSTHROUGH_HI);
-			__atomic_store_n(&init_unique, in->unique, __ATOMIC_RELEASE);
-		}
+		kernel_offers_v2 = ARG_FLAG(struct fuse_init_in, flags, FUSE_HANDLE_KILLPRIV_V2);
+		kernel_offers_pt = ARG_FLAG(struct fuse_init_in, flags, FUSE_INIT_EXT) &&
+				   ARG_FLAG(struct fuse_init_in, flags2, K_FUSE_PASSTHROUGH_HI);
+		__atomic_store_n(&init_unique, in->unique, __ATOMIC_RELEASE);
 		break;
 	case FUSE_WRITE:
-		if (alen >= offsetof(struct fuse_write_in, write_flags) + sizeof(uint32_t))
-			req_kill = (((const struct fuse_write_in *)(const void *)arg)->write_flags &
-				    FUSE_WRITE_KILL_SUIDGID) != 0;
+		req_kill = ARG_FLAG(struct fuse_write_in, write_flags, FUSE_WRITE_KILL_SUIDGID);
 		break;
 	case FUSE_SETATTR:
-		if (alen >= offsetof(struct fuse_setattr_in, valid) + sizeof(uint32_t))
-			req_kill = (((const struct fuse_setattr_in *)(const void *)arg)->valid &
-				    FATTR_KILL_SUIDGID) != 0;
+		req_kill = ARG_FLAG(struct fuse_setattr_in, valid, FATTR_KILL_SUIDGID);
 		break;
 	case FUSE_OPEN:
-		if (alen >= offsetof(struct fuse_open_in, open_flags) + sizeof(uint32_t))
-			req_kill = (((const struct fuse_open_in *)(const void *)arg)->open_flags &
-				    FUSE_OPEN_KILL_SUIDGID) != 0;
+		req_kill = ARG_FLAG(struct fuse_open_in, open_flags, FUSE_OPEN_KILL_SUIDGID);
 		break;
 	case FUSE_CREATE:
-		if (alen >= offsetof(struct fuse_create_in, open_flags) + sizeof(uint32_t))
-			req_kill = (((const struct fuse_create_in *)(const void *)arg)->open_flags &
-				    FUSE_OPEN_KILL_SUIDGID) != 0;
+		req_kill = ARG_FLAG(struct fuse_create_in, open_flags, FUSE_OPEN_KILL_SUIDGID);
 		break;
 	default:
 		break;

@@ -490,17 +490,19 @@ static int node_stat_label(struct node *x, struct stat *st, struct version *v);
 
 static int node_stat_kind(struct node *x, struct stat *st, double *timeout);
 
-/* The preferred I/O size (st_blksize) of files: the largest request
- * (max_write, FUSE_MAX_PAGES), so that programs that size their buffers
- * by it, cp and cat among them, move 1 MiB per system call and request
- * instead of 128 KiB. */
+/* The largest request (max_write; FUSE_MAX_PAGES), and the preferred I/O
+ * size (st_blksize) of files of that size or more: programs that size
+ * their buffers by it, cat and cp among them, then move 1 MiB per system
+ * call and request instead of 128 KiB.  Not for smaller files: cp and
+ * cat allocate a buffer of that size for every file they copy, which
+ * costs more than it saves on small ones (an mmap and munmap each). */
 #define IO_SIZE (1 << 20)
 
 /* Attributes of x, and how long the kernel may keep them. */
 static int node_stat(struct node *x, struct stat *st, double *timeout)
 {
 	int rc = node_stat_kind(x, st, timeout);
-	if (rc == 0 && S_ISREG(st->st_mode))
+	if (rc == 0 && S_ISREG(st->st_mode) && st->st_size >= IO_SIZE)
 		st->st_blksize = IO_SIZE;
 	return rc;
 }
@@ -580,7 +582,8 @@ static void fill_uncommitted(struct node *x, struct version *v, struct stat *st)
 	st->st_mode = S_IFREG | li.mode;
 	st->st_size = (off_t)size;
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
-	st->st_blksize = IO_SIZE;
+	if (size >= IO_SIZE)
+		st->st_blksize = IO_SIZE;
 }
 
 /* node_stat for labels; v is the version being written, if any. */
@@ -1404,8 +1407,8 @@ static int open_version(fuse_req_t req, struct node *x, int flags, struct fuse_f
 	return rc;
 }
 
-/* FUSE passthrough of a blob open whole on a local file (kio.c): the
- * kernel reads it from there.  Its id, or 0.  The kernel keeps one
+/* FUSE passthrough of a blob of a directory root (kio.c): the kernel
+ * reads its file under the root.  Its id, or 0.  The kernel keeps one
  * backing file per inode, so the opens of a blob share one id, closed
  * when the last of them is released (backing_put()).  The inode must not
  * mix passthrough and cached opens (the kernel fails such an open with
@@ -1415,7 +1418,9 @@ static pthread_mutex_t backing_mu = PTHREAD_MUTEX_INITIALIZER;
 static int blob_backing(struct node *x, struct fuse_file_info *fi)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	if (!fs_passthrough || h->fd < 0 || h->start != 0 || h->len != h->size)
+	/* Only blobs of a directory root: a rados: root's local copy of a
+	 * blob may be whole at one open and in chunks at another. */
+	if (!fs_passthrough || fs.remote || h->fd < 0 || h->start != 0 || h->len != h->size)
 		return 0;
 	pthread_mutex_lock(&backing_mu);
 	int id = x->backing > 0 ? x->backing : fs_backing_open(h->fd);
