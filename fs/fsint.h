@@ -95,6 +95,7 @@ struct fs_config {
 	bool read_only;
 	bool remote;           /* a rados: root (root_path is its cache) */
 	bool sync;             /* -o sync: durable before close(2) returns */
+	bool no_passthrough;   /* -o nopassthrough: blobs read through the daemon */
 	int64_t commit_ns;     /* -o commit=: otherwise synced this often */
 	bool foreground;
 	bool debug;

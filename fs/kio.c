@@ -165,7 +165,7 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count, void *ud)
 			/* Without writeback caching (casfs never asks for it),
 			 * over a filesystem that stacks on none (depth 1). */
 			if (out->error == 0 && kernel_offers_pt && (io->flags & FUSE_INIT_EXT) &&
-			    !(io->flags & FUSE_WRITEBACK_CACHE) && may_pass_through() &&
+			    !(io->flags & FUSE_WRITEBACK_CACHE) && !fs.no_passthrough && may_pass_through() &&
 			    iov[1].iov_len >= K_INIT_OUT_MAX_STACK_DEPTH + sizeof(uint32_t)) {
 				io->flags2 |= K_FUSE_PASSTHROUGH_HI;
 				uint32_t depth = 1;

@@ -49,7 +49,7 @@ static int usage(const char *msg)
 		"  -d   debug: print every request (implies -f)\n"
 		"  -s   single-threaded\n"
 		"  -o   ro, rw, allow_other, default_permissions, sync, commit=SECONDS,\n"
-		"       hash=sha256|sha1,\n"
+		"       hash=sha256|sha1, nopassthrough,\n"
 		"       for ROOT rados:POOL[/NAMESPACE]: ceph_conf=FILE, ceph_id=NAME,\n"
 		"       ceph_timeout=SECONDS, cache_dir=DIR, cache_size=SIZE,\n"
 		"       and the generic mount options (nosuid, nodev, noexec, noatime, ...)\n");
@@ -95,6 +95,10 @@ static int take_opts(char *opts, char **pass)
 			fs.sync = true;
 		} else if (!strcmp(o, "async")) {
 			fs.sync = false;
+		} else if (!strcmp(o, "passthrough")) {
+			fs.no_passthrough = false;
+		} else if (!strcmp(o, "nopassthrough")) {
+			fs.no_passthrough = true;
 		} else if (!strncmp(o, "commit=", 7)) {
 			char *end;
 			errno = 0;

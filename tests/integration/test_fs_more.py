@@ -180,10 +180,11 @@ def test_permission_options_reach_the_kernel(mounter, tmp_path):
 
 def test_blobs_keep_the_page_cache_across_opens(mounter):
     """A blob read twice, through two opens, is read from the daemon once:
-    the kernel keeps its pages (libfuse's debug option logs each READ);
-    or never, where the kernel reads it from its backing file (FUSE
-    passthrough, see test_blob_reads_pass_through_to_the_backing_file)."""
-    m = mounter(opts=("debug",))
+    the kernel keeps its pages (libfuse's debug option logs each READ).
+    With -o nopassthrough, so that blobs of a directory root too are read
+    through the daemon (test_blob_reads_pass_through_to_the_backing_file
+    checks the default)."""
+    m = mounter(opts=("debug", "nopassthrough"))
     m.expect_log("error")  # libfuse's debug lines say "error: 0 (Success)"
     sid, d, bdir = fresh(m)
     body = os.urandom(1 << 20)
@@ -195,9 +196,8 @@ def test_blobs_keep_the_page_cache_across_opens(mounter):
     before = reads()
     assert blob.read_bytes() == body
     first = reads()
-    # Passthrough: blobs of a directory root only.
-    assert first > before or (not m.remote and "pass through" in m.log()), \
-        "the first read did not reach the daemon"
+    assert "pass through" not in m.log()
+    assert first > before, "the first read did not reach the daemon"
     assert blob.read_bytes() == body
     assert reads() == first, "the second open read the blob from the daemon again"
 
