@@ -498,12 +498,18 @@ static int node_stat_kind(struct node *x, struct stat *st, double *timeout);
  * costs more than it saves on small ones (an mmap and munmap each). */
 #define IO_SIZE (1 << 20)
 
+static void prefer_io_size(struct stat *st)
+{
+	if (S_ISREG(st->st_mode) && st->st_size >= IO_SIZE)
+		st->st_blksize = IO_SIZE;
+}
+
 /* Attributes of x, and how long the kernel may keep them. */
 static int node_stat(struct node *x, struct stat *st, double *timeout)
 {
 	int rc = node_stat_kind(x, st, timeout);
-	if (rc == 0 && S_ISREG(st->st_mode) && st->st_size >= IO_SIZE)
-		st->st_blksize = IO_SIZE;
+	if (rc == 0)
+		prefer_io_size(st);
 	return rc;
 }
 
@@ -582,8 +588,7 @@ static void fill_uncommitted(struct node *x, struct version *v, struct stat *st)
 	st->st_mode = S_IFREG | li.mode;
 	st->st_size = (off_t)size;
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
-	if (size >= IO_SIZE)
-		st->st_blksize = IO_SIZE;
+	prefer_io_size(st);
 }
 
 /* node_stat for labels; v is the version being written, if any. */
